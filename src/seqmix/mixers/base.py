@@ -1,0 +1,123 @@
+"""The mixer contract every token mixer in seqmix fulfils.
+
+A mixer maps ``x: [B, T, D]`` to ``y: [B, T, D]`` while carrying a state. It offers one or more
+whole-sequence *modes* (``"chunk"``, ``"parallel"``, ``"scan"``, ``"fused"``, ``"recurrent"``...) and a
+``step`` that consumes one token with an O(1) (or, for full attention, O(t)) state. All modes and the
+loop over ``step`` compute the same function; ``tests/test_mixer_contract.py`` proves it for every
+registered mixer.
+
+State is plain data: a tensor, or a (named) tuple of tensors, every tensor with the batch dimension
+first. No hidden module attributes hold sequence information, so a state can be detached, saved,
+sliced, concatenated along the batch and passed between processes.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Optional
+
+import torch
+from torch import nn
+
+from seqmix.state import State
+
+__all__ = ["Mixer", "State"]
+
+
+class Mixer(nn.Module):
+    """Base class of all token mixers.
+
+    Subclasses set ``modes`` (the first entry is the default) and implement ``_forward``, ``_step``,
+    ``init_state`` and ``state_size``. The public ``forward`` and ``step`` validate their input, fill in
+    the zero state and dispatch on the mode, so every subclass reports bad input the same way.
+    """
+
+    #: whole-sequence forms this mixer offers; the first is the default
+    modes: ClassVar[tuple[str, ...]] = ()
+    #: True when output t depends only on inputs <= t (required for ``step``)
+    causal: bool = True
+
+    def __init__(self, d_model: int) -> None:
+        super().__init__()
+        if not isinstance(d_model, int) or isinstance(d_model, bool) or d_model <= 0:
+            raise ValueError(f"d_model must be a positive int, got {d_model!r}")
+        self.d_model = d_model
+
+    # ------------------------------------------------------------------ public API
+    def forward(
+        self, x: torch.Tensor, state: Optional[State] = None, *, mode: Optional[str] = None
+    ) -> tuple[torch.Tensor, State]:
+        """Mix a whole sequence ``x: [B, T, D]``; ``state=None`` starts from the zero/empty state.
+
+        Returns ``(y: [B, T, D], final_state)``.
+        """
+        self._check_input(x, ndim=3, what="x", layout="[batch, time, d_model]")
+        mode = self.resolve_mode(mode)
+        if state is None:
+            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        return self._forward(x, state, mode)
+
+    def step(self, x_t: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
+        """Consume one token ``x_t: [B, D]``; returns ``(y_t: [B, D], new_state)``."""
+        if not self.causal:
+            raise RuntimeError(
+                f"{type(self).__name__} was built with causal=False; a non-causal mixer sees the whole "
+                "sequence and has no step form. Build it with causal=True for streaming."
+            )
+        self._check_input(x_t, ndim=2, what="x_t", layout="[batch, d_model]")
+        if state is None:
+            state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
+        return self._step(x_t, state)
+
+    def init_state(
+        self,
+        batch_size: int,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> State:
+        """The zero/empty state for ``batch_size`` sequences."""
+        raise NotImplementedError
+
+    def state_size(self, context_len: int) -> int:
+        """Elements held per sequence for inference after ``context_len`` tokens."""
+        raise NotImplementedError
+
+    def resolve_mode(self, mode: Optional[str]) -> str:
+        """Return ``mode`` or the default one; reject a mode this mixer does not offer."""
+        if mode is None:
+            return self.modes[0]
+        if mode not in self.modes:
+            raise ValueError(
+                f"{type(self).__name__} has no mode {mode!r}; available modes: {', '.join(self.modes)}"
+            )
+        return mode
+
+    # ------------------------------------------------------------------ for subclasses
+    def _forward(self, x: torch.Tensor, state: State, mode: str) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def _step(self, x_t: torch.Tensor, state: State) -> tuple[torch.Tensor, State]:
+        raise NotImplementedError
+
+    def _param_like(self) -> torch.Tensor:
+        """A parameter whose device and dtype define the defaults of ``init_state``."""
+        return next(self.parameters())
+
+    def _state_factory(self, device: Any, dtype: Any) -> dict[str, Any]:
+        p = self._param_like()
+        return {"device": p.device if device is None else device, "dtype": p.dtype if dtype is None else dtype}
+
+    def _check_input(self, x: Any, *, ndim: int, what: str, layout: str) -> None:
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{what} must be a torch.Tensor of shape {layout}, got {type(x).__name__}")
+        if x.ndim != ndim or x.shape[-1] != self.d_model:
+            raise ValueError(
+                f"{type(self).__name__} expects {what} of shape {layout} with d_model={self.d_model}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if not x.is_floating_point():
+            raise TypeError(f"{what} must be a floating-point tensor, got dtype {x.dtype}")
+        if ndim == 3 and x.shape[1] == 0:
+            raise ValueError(f"{what} must hold at least one time step, got shape {tuple(x.shape)}")
+
+    def extra_repr(self) -> str:
+        return f"d_model={self.d_model}, modes={self.modes}"

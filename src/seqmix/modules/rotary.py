@@ -1,0 +1,37 @@
+"""Rotary position embeddings (Su et al. 2021, RoFormer) as plain functions.
+
+The last dimension ``K`` (even) is split into halves ``(x1, x2)``; pair ``i`` is the complex number
+``x1[i] + j*x2[i]`` and is rotated by ``angles[..., i]``. Rotating queries by ``n*theta`` and keys by
+``m*theta`` makes their dot product depend only on ``n - m``.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ["rotary_inv_freq", "rotate_pairs", "apply_rotary"]
+
+
+def rotary_inv_freq(
+    head_dim: int, base: float = 10000.0, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+) -> torch.Tensor:
+    """Angular frequencies ``theta_i = base^(-2i/K)`` for ``i < K/2``; returns ``[K // 2]``."""
+    if head_dim % 2:
+        raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
+    exponent = torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim
+    return (base ** -exponent).to(dtype or torch.get_default_dtype())
+
+
+def rotate_pairs(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """Rotate the half-split pairs of ``x: [..., K]`` by ``angles: [..., K/2]`` (broadcast)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    cos, sin = angles.cos(), angles.sin()
+    return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
+
+
+def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
+    """Rotate ``x: [B, H, T, K]`` for ``positions: [T]`` (any real numbers) with ``inv_freq: [K/2]``."""
+    angles = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]  # [T, K/2]
+    return rotate_pairs(x, angles.to(x.dtype))
