@@ -1,0 +1,1 @@
+"""Benchmarks and reports built on the mixer contract."""

@@ -1,0 +1,48 @@
+"""The ``seqmix`` command: a thin, typed map from subcommands onto library functions.
+
+Every flag can also come from a YAML file with ``--config FILE`` (jsonargparse).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Literal, Optional
+
+__all__ = ["main", "list_command"]
+
+
+def list_command(d_model: int = 256, context_len: int = 4096, format: Literal["table", "json"] = "table") -> None:
+    """List the registered mixers: family, modes, state size and source paper.
+
+    Args:
+        d_model: model width at which parameters and state size are counted.
+        context_len: context length at which the state size is counted (it grows only for attention).
+        format: "table" for people, "json" for programs.
+    """
+    from seqmix.bench.catalog import mixer_table
+
+    rows = mixer_table(d_model=d_model, context_len=context_len)
+    if format == "json":
+        print(json.dumps([r.as_dict() for r in rows], indent=2))
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"seqmix mixers (d_model={d_model}; state per sequence after {context_len} tokens)")
+    for column, justify in [("name", "left"), ("family", "left"), ("modes", "left"),
+                            ("state floats", "right"), ("params", "right"), ("paper", "left")]:
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for r in rows:
+        table.add_row(r.name, r.family, ", ".join(r.modes), f"{r.state_floats:,}", f"{r.parameters:,}", r.paper)
+    Console(width=max(Console().width, 150)).print(table)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from jsonargparse import auto_cli
+
+    auto_cli({"list": list_command}, args=sys.argv[1:] if argv is None else argv, as_positional=False)
+
+
+if __name__ == "__main__":
+    main()

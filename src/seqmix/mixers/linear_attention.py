@@ -1,0 +1,143 @@
+"""Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs: Fast Autoregressive
+Transformers with Linear Attention", ICML 2020).
+
+Multi-head attention whose softmax kernel is replaced by ``phi(q)^T phi(k)`` with
+``phi(x) = elu(x) + 1``, so that causal attention becomes a recurrence on a fixed-size state
+``(S [B, H, K, V], z [B, H, K])``. The math is in ``seqmix.ops.linear_attention``.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from seqmix.mixers.base import Mixer
+from seqmix.ops.linear_attention import (
+    elu_feature_map,
+    linear_attention_chunk,
+    linear_attention_parallel,
+    linear_attention_recurrent,
+    linear_attention_step,
+)
+
+__all__ = ["LinearAttention", "LinearAttentionState"]
+
+
+class LinearAttentionState(NamedTuple):
+    """Sum of ``phi(k) v^T`` and of ``phi(k)`` over every token seen so far."""
+
+    S: torch.Tensor  # [B, H, K, V]
+    z: torch.Tensor  # [B, H, K]
+
+
+class LinearAttention(Mixer):
+    """Causal multi-head linear attention.
+
+    Args:
+        d_model: model width.
+        n_heads: number of heads; must divide ``d_model``. Default ``max(1, d_model // 64)``.
+        chunk_size: chunk length of the ``"chunk"`` mode.
+        normalize: divide by ``phi(q)^T z + eps`` as in the paper; ``False`` drops the normaliser.
+        eps: added to the normaliser (must be >= 0).
+    """
+
+    modes = ("chunk", "parallel", "recurrent")
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: Optional[int] = None,
+        chunk_size: int = 64,
+        normalize: bool = True,
+        eps: float = 1e-6,
+    ) -> None:
+        super().__init__(d_model)
+        if n_heads is None:
+            n_heads = max(1, d_model // 64)
+        if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads <= 0:
+            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+        if d_model % n_heads:
+            raise ValueError(f"n_heads must divide d_model, got d_model={d_model}, n_heads={n_heads}")
+        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if not isinstance(normalize, bool):
+            raise ValueError(f"normalize must be True or False, got {normalize!r}")
+        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
+            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+
+        self.n_heads = n_heads
+        self.head_dim = d_model // n_heads
+        self.chunk_size = chunk_size
+        self.normalize = normalize
+        self.eps = float(eps)
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, d_model, bias=False)
+        self.o_proj = nn.Linear(d_model, d_model, bias=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # The paper keeps the usual transformer layer and its initialisation; Glorot-uniform weights.
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.o_proj):
+            nn.init.xavier_uniform_(proj.weight)
+
+    # ------------------------------------------------------------------ helpers
+    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x: [B, T, D]`` -> feature-mapped ``q, k`` and ``v``, each ``[B, H, T, head_dim]``."""
+        B, T, _ = x.shape
+
+        def split(y: torch.Tensor) -> torch.Tensor:
+            return y.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, K]
+
+        q = elu_feature_map(split(self.q_proj(x)))
+        k = elu_feature_map(split(self.k_proj(x)))
+        return q, k, split(self.v_proj(x))
+
+    def _merge(self, o: torch.Tensor) -> torch.Tensor:
+        """``o: [B, H, T, V]`` -> output projection of ``[B, T, D]``."""
+        B, _, T, _ = o.shape
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.d_model))
+
+    # ------------------------------------------------------------------ contract
+    def _forward(
+        self, x: torch.Tensor, state: LinearAttentionState, mode: str
+    ) -> tuple[torch.Tensor, LinearAttentionState]:
+        q, k, v = self._heads(x)  # [B, H, T, K] each
+        opts = {"normalize": self.normalize, "eps": self.eps}
+        if mode == "chunk":
+            o, (S, z) = linear_attention_chunk(q, k, v, tuple(state), chunk_size=self.chunk_size, **opts)
+        elif mode == "parallel":
+            o, (S, z) = linear_attention_parallel(q, k, v, tuple(state), **opts)
+        else:
+            o, (S, z) = linear_attention_recurrent(q, k, v, tuple(state), **opts)
+        return self._merge(o), LinearAttentionState(S, z)
+
+    def _step(self, x_t: torch.Tensor, state: LinearAttentionState) -> tuple[torch.Tensor, LinearAttentionState]:
+        q, k, v = self._heads(x_t.unsqueeze(1))  # [B, H, 1, K] each
+        o_t, (S, z) = linear_attention_step(
+            q[:, :, 0], k[:, :, 0], v[:, :, 0], tuple(state), normalize=self.normalize, eps=self.eps
+        )
+        return self._merge(o_t.unsqueeze(2))[:, 0], LinearAttentionState(S, z)
+
+    def init_state(
+        self,
+        batch_size: int,
+        device: Optional[torch.device] = None,
+        dtype: Optional[torch.dtype] = None,
+    ) -> LinearAttentionState:
+        f = self._state_factory(device, dtype)
+        S = torch.zeros(batch_size, self.n_heads, self.head_dim, self.head_dim, **f)  # [B, H, K, V]
+        z = torch.zeros(batch_size, self.n_heads, self.head_dim, **f)  # [B, H, K]
+        return LinearAttentionState(S, z)
+
+    def state_size(self, context_len: int) -> int:
+        """``H * K * (V + 1)`` whatever the context length."""
+        return self.n_heads * self.head_dim * (self.head_dim + 1)
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, chunk_size={self.chunk_size}, "
+            f"normalize={self.normalize}, eps={self.eps}, modes={self.modes}"
+        )

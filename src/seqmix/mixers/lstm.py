@@ -1,0 +1,79 @@
+"""The LSTM as a token mixer: PyTorch's fused kernel for whole sequences, the same weights per step."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Optional
+
+import torch
+from torch import nn
+
+from seqmix.mixers.base import Mixer
+from seqmix.ops.lstm import lstm_cell, lstm_fused, lstm_recurrent
+
+
+class LSTMState(NamedTuple):
+    h: torch.Tensor  # [B, H] hidden state
+    c: torch.Tensor  # [B, H] cell state
+
+
+class LSTM(Mixer):
+    """Single-layer LSTM mixer (Hochreiter & Schmidhuber 1997).
+
+    Args:
+        d_model: input and output width.
+        d_hidden: LSTM width H (default ``d_model``). When it differs from ``d_model`` (or ``out_proj``
+            is True) a linear map brings ``h`` back to ``d_model``.
+        forget_bias: initial forget-gate bias; 1.0 as recommended by Jozefowicz et al. 2015 so that
+            early training does not forget by default.
+        out_proj: force an output projection even when ``d_hidden == d_model``.
+    """
+
+    modes = ("fused", "recurrent")
+
+    def __init__(
+        self, d_model: int, d_hidden: Optional[int] = None, forget_bias: float = 1.0, out_proj: bool = False
+    ) -> None:
+        super().__init__(d_model)
+        d_hidden = d_model if d_hidden is None else d_hidden
+        if not isinstance(d_hidden, int) or d_hidden <= 0:
+            raise ValueError(f"d_hidden must be a positive int, got {d_hidden!r}")
+        self.d_hidden = d_hidden
+        H = d_hidden
+        self.weight_ih = nn.Parameter(torch.empty(4 * H, d_model))
+        self.weight_hh = nn.Parameter(torch.empty(4 * H, H))
+        self.bias_ih = nn.Parameter(torch.empty(4 * H))
+        self.bias_hh = nn.Parameter(torch.empty(4 * H))
+        self.out_proj = nn.Linear(H, d_model, bias=False) if (out_proj or H != d_model) else None
+        self.reset_parameters(forget_bias)
+
+    def reset_parameters(self, forget_bias: float = 1.0) -> None:
+        bound = 1.0 / math.sqrt(self.d_hidden)  # PyTorch's nn.LSTM default
+        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
+            nn.init.uniform_(p, -bound, bound)
+        H = self.d_hidden
+        with torch.no_grad():
+            self.bias_ih[H : 2 * H].fill_(forget_bias)
+            self.bias_hh[H : 2 * H].zero_()
+
+    def _weights(self) -> tuple[torch.Tensor, ...]:
+        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+
+    def _out(self, h: torch.Tensor) -> torch.Tensor:
+        return h if self.out_proj is None else self.out_proj(h)
+
+    def _forward(self, x: torch.Tensor, state: LSTMState, mode: str) -> tuple[torch.Tensor, LSTMState]:
+        form = lstm_fused if mode == "fused" else lstm_recurrent
+        h_all, (h, c) = form(x, *self._weights(), (state.h, state.c))  # h_all: [B, T, H]
+        return self._out(h_all), LSTMState(h, c)
+
+    def _step(self, x_t: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
+        h, c = lstm_cell(x_t, *self._weights(), (state.h, state.c))
+        return self._out(h), LSTMState(h, c)
+
+    def init_state(self, batch_size: int, device=None, dtype=None) -> LSTMState:
+        zeros = torch.zeros(batch_size, self.d_hidden, **self._state_factory(device, dtype))
+        return LSTMState(zeros, zeros.clone())
+
+    def state_size(self, context_len: int) -> int:
+        return 2 * self.d_hidden

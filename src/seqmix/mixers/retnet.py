@@ -1,0 +1,182 @@
+"""Multi-scale retention, the token mixer of RetNet.
+
+Sun et al. 2023, "Retentive Network: A Successor to Transformer for Large Language Models",
+arXiv:2307.08621, Section 2.2 (gated multi-scale retention)::
+
+    Q = X W_Q,  K = X W_K / sqrt(head_dim),  V = X W_V        (rotated xPos-style inside the op)
+    head_h = Retention(Q_h, K_h, V_h; gamma_h),   gamma_h = 1 - 2^(-5 - h)
+    Y = GroupNorm_h(concat_h head_h)                          (per token and head: no time mixing)
+    MSR(X) = (swish(X W_G) * Y) W_O
+
+The math of retention (and of the position-free rotating-frame state) lives in
+``seqmix.ops.retention``; this module only projects, gates, normalises and picks a form.
+
+Keys and queries have ``head_dim = d_model / n_heads`` features per head; values and the gate have
+``value_factor * head_dim`` (the paper uses 2, our default, so MSR holds 8 d_model^2 weights against
+attention's 4; lower it for parameter-matched comparisons).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from seqmix.mixers.base import Mixer
+from seqmix.modules.rotary import rotary_inv_freq
+from seqmix.ops.retention import retention_chunk, retention_parallel, retention_recurrent, retention_step
+
+__all__ = ["RetNet"]
+
+
+def _is_int(x: object) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+class RetNet(Mixer):
+    """Gated multi-scale retention with per-head fixed decays and rotary (xPos-like) positions.
+
+    Args:
+        d_model: model width.
+        n_heads: retention heads; default ``max(1, d_model // 64)``. Must divide ``d_model``.
+        chunk_size: chunk length of the ``"chunk"`` form.
+        rotary: rotate queries/keys by position (the paper's Theta); needs an even head_dim.
+        value_factor: value/gate width per head as a multiple of head_dim (paper: 2).
+        norm_eps: epsilon of the per-head GroupNorm.
+
+    State: ``S: [B, n_heads, head_dim, value_factor * head_dim]``, the decayed sum of key-value outer
+    products in the frame of the last token (see ``seqmix.ops.retention``); constant in context length.
+    """
+
+    modes = ("chunk", "parallel", "recurrent")
+
+    def __init__(
+        self,
+        d_model: int,
+        n_heads: Optional[int] = None,
+        chunk_size: int = 64,
+        rotary: bool = True,
+        value_factor: float = 2,
+        norm_eps: float = 1e-5,
+    ) -> None:
+        super().__init__(d_model)
+        if n_heads is None:
+            n_heads = max(1, d_model // 64)
+        if not _is_int(n_heads) or n_heads <= 0:
+            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
+        if d_model % n_heads:
+            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
+        head_dim = d_model // n_heads
+        if not isinstance(rotary, bool):
+            raise ValueError(f"rotary must be True or False, got {rotary!r}")
+        if rotary and head_dim % 2:
+            raise ValueError(
+                f"rotary=True needs an even head_dim (d_model / n_heads), got {head_dim}; "
+                "change n_heads or pass rotary=False"
+            )
+        if not _is_int(chunk_size) or chunk_size <= 0:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        value_dim = value_factor * head_dim if isinstance(value_factor, (int, float)) else None
+        if isinstance(value_factor, bool) or value_dim is None or value_dim < 1 or value_dim != int(value_dim):
+            raise ValueError(
+                f"value_factor must be a positive number with value_factor * head_dim a whole number, "
+                f"got value_factor={value_factor!r} with head_dim={head_dim}"
+            )
+        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or norm_eps <= 0:
+            raise ValueError(f"norm_eps must be a positive number, got {norm_eps!r}")
+
+        self.n_heads = n_heads
+        self.head_dim = head_dim
+        self.value_dim = int(value_dim)  # per head
+        self.chunk_size = chunk_size
+        self.rotary = rotary
+        self.value_factor = value_factor
+        inner = n_heads * self.value_dim
+
+        self.q_proj = nn.Linear(d_model, d_model, bias=False)
+        self.k_proj = nn.Linear(d_model, d_model, bias=False)
+        self.v_proj = nn.Linear(d_model, inner, bias=False)
+        self.g_proj = nn.Linear(d_model, inner, bias=False)
+        self.o_proj = nn.Linear(inner, d_model, bias=False)
+        # GroupNorm with one group per head: statistics over a head's values at one token.
+        self.norm = nn.GroupNorm(n_heads, inner, eps=norm_eps)
+
+        # Fixed (not learned) per-head decays, gamma_h = 1 - 2^(-5-h), kept as log(gamma) computed in
+        # float64 via log1p so gammas near 1 keep their precision.
+        log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(n_heads, dtype=torch.float64))))
+        self.register_buffer("log_gamma", log_gamma.to(torch.get_default_dtype()), persistent=False)
+        if rotary:
+            self.register_buffer("inv_freq", rotary_inv_freq(head_dim), persistent=False)
+        else:
+            self.register_buffer("inv_freq", None, persistent=False)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # As in the authors' released implementation (torchscale): Xavier-uniform with gain 2^-2.5 for
+        # the input projections and gain 1 for the output projection; GroupNorm affine at identity.
+        for proj in (self.q_proj, self.k_proj, self.v_proj, self.g_proj):
+            nn.init.xavier_uniform_(proj.weight, gain=2**-2.5)
+        nn.init.xavier_uniform_(self.o_proj.weight)
+        self.norm.reset_parameters()
+
+    # ------------------------------------------------------------------ state
+    def init_state(
+        self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
+    ) -> torch.Tensor:
+        return torch.zeros(batch_size, self.n_heads, self.head_dim, self.value_dim, **self._state_factory(device, dtype))
+
+    def state_size(self, context_len: int) -> int:
+        return self.n_heads * self.head_dim * self.value_dim
+
+    # ------------------------------------------------------------------ forms
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projections for ``x: [..., D]`` -> q, k ``[..., H, K]``, v ``[..., H, V]``."""
+        lead = x.shape[:-1]
+        q = self.q_proj(x).view(*lead, self.n_heads, self.head_dim)
+        # The paper's 1/sqrt(d) score scaling, applied to the keys.
+        k = (self.k_proj(x) * self.head_dim**-0.5).view(*lead, self.n_heads, self.head_dim)
+        v = self.v_proj(x).view(*lead, self.n_heads, self.value_dim)
+        return q, k, v
+
+    def _constants(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        theta = None if self.inv_freq is None else self.inv_freq.to(x.dtype)
+        return self.log_gamma.to(x.dtype), theta
+
+    def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
+        """Gate, normalise and project the retention output ``o: [..., H, V]`` of input ``x: [..., D]``."""
+        lead = x.shape[:-1]
+        o = self.norm(o.reshape(-1, self.n_heads * self.value_dim)).view(*lead, -1)  # per token and head
+        return self.o_proj(F.silu(self.g_proj(x)) * o)
+
+    def _check_state(self, state: torch.Tensor, batch: int) -> None:
+        expected = (batch, self.n_heads, self.head_dim, self.value_dim)
+        if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected:
+            got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
+            raise ValueError(f"RetNet state must be a tensor of shape {expected} [B, H, K, V], got {got}")
+
+    def _forward(self, x: torch.Tensor, state: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_state(state, x.shape[0])
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(x))  # [B, H, T, K|V]
+        log_gamma, theta = self._constants(x)
+        if mode == "chunk":
+            o, state = retention_chunk(q, k, v, log_gamma, theta, state, self.chunk_size)
+        elif mode == "parallel":
+            o, state = retention_parallel(q, k, v, log_gamma, theta, state)
+        else:  # "recurrent": the reference loop
+            o, state = retention_recurrent(q, k, v, log_gamma, theta, state)
+        return self._output(x, o.transpose(1, 2)), state  # o: [B, T, H, V]
+
+    def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._check_state(state, x_t.shape[0])
+        q, k, v = self._qkv(x_t)  # [B, H, K|V]
+        log_gamma, theta = self._constants(x_t)
+        o, state = retention_step(q, k, v, log_gamma, theta, state)
+        return self._output(x_t, o), state
+
+    def extra_repr(self) -> str:
+        return (
+            f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
+            f"value_dim={self.value_dim}, chunk_size={self.chunk_size}, rotary={self.rotary}, modes={self.modes}"
+        )

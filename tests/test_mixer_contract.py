@@ -1,0 +1,214 @@
+"""The shared equivalence harness: DESIGN.md's five invariants, checked for every registered mixer.
+
+A mixer is covered by registering it (``seqmix/mixers/registry.py``); nothing here names a mixer.
+
+1. every mode equals a Python loop over ``step``: outputs, final state and gradients with respect to the
+   input, every parameter and the initial state, ~1e-10 relative in float64 and ~1e-4 in float32;
+2. split-and-carry: ``forward(x[:, :t])`` then ``forward(x[:, t:], state)`` equals ``forward(x)``;
+3. causality: changing ``x[:, t]`` never changes ``y[:, :t]`` (and does change ``y[:, t]``);
+4. awkward sizes: T = 1, T = 63 with chunk size 16 (from the registry's test options), B = 1;
+5. ``state_size`` equals the number of elements really held, per sequence.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import pytest
+import torch
+
+from seqmix import build_mixer, get_spec, list_mixers, map_state, state_numel, state_tensors
+
+D_MODEL = 16
+NAMES = [spec.name for spec in list_mixers()]
+TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
+SIZES = [(2, 63), (1, 1), (1, 20)]  # (B, T): T not a multiple of the chunk size, a single token, B = 1
+
+
+# --------------------------------------------------------------------------- helpers
+def make_mixer(name: str, dtype: torch.dtype = torch.float64, **overrides):
+    torch.manual_seed(0)
+    options = {**get_spec(name).test_options, **overrides}
+    return build_mixer(name, d_model=D_MODEL, **options).to(dtype)
+
+
+def randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
+
+
+def carried_state(mixer, batch: int, dtype: torch.dtype):
+    """A realistic non-zero initial state: whatever the mixer holds after a random 5-token prefix."""
+    with torch.no_grad():
+        _, state = mixer(randn(batch, 5, D_MODEL, dtype=dtype, seed=7))
+    return state
+
+
+def step_loop(mixer, x: torch.Tensor, state):
+    ys = []
+    for t in range(x.shape[1]):
+        y_t, state = mixer.step(x[:, t], state)
+        ys.append(y_t)
+    return torch.stack(ys, dim=1), state
+
+
+def run_with_grads(mixer, x: torch.Tensor, state, run: Callable) -> dict[str, torch.Tensor]:
+    """Outputs, final state and the gradients of a fixed random functional of both.
+
+    The functional weights every output and state element with a fixed random number, so that a
+    difference anywhere in the backward pass shows up in some gradient.
+    """
+    x = x.detach().clone().requires_grad_(True)
+    if state is not None:
+        state = map_state(lambda t: t.detach().clone().requires_grad_(True), state)
+    y, final = run(mixer, x, state)
+    finals = state_tensors(final)
+    loss = (y * randn(*y.shape, dtype=y.dtype, seed=11)).sum()
+    for i, s in enumerate(finals):
+        loss = loss + (s * randn(*s.shape, dtype=s.dtype, seed=12 + i)).sum()
+    named = {"input x": x}
+    named.update({f"initial state[{i}]": s for i, s in enumerate(state_tensors(state))})
+    named.update({f"parameter {n}": p for n, p in mixer.named_parameters()})
+    grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
+    out = {"output y": y.detach()}
+    out.update({f"final state[{i}]": s.detach() for i, s in enumerate(finals)})
+    for (n, leaf), g in zip(named.items(), grads):
+        out[f"grad of {n}"] = torch.zeros_like(leaf) if g is None else g
+    return out
+
+
+def assert_close(label: str, actual: torch.Tensor, expected: torch.Tensor, tol: float) -> None:
+    assert actual.shape == expected.shape, f"{label}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
+    assert actual.dtype == expected.dtype, f"{label}: dtype {actual.dtype} != {expected.dtype}"
+    if expected.numel() == 0:
+        return
+    assert torch.isfinite(actual).all(), f"{label}: non-finite values"
+    scale = max(expected.abs().max().item(), torch.finfo(expected.dtype).tiny)
+    err = (actual - expected).abs().max().item()
+    assert err <= tol * scale, f"{label}: max abs error {err:.3e} exceeds {tol:.0e} x max |reference| {scale:.3e}"
+
+
+def assert_all_close(what: str, actual: dict, expected: dict, tol: float) -> None:
+    assert actual.keys() == expected.keys(), f"{what}: different tensors {set(actual) ^ set(expected)}"
+    for key in expected:
+        assert_close(f"{what}: {key}", actual[key], expected[key], tol)
+
+
+# --------------------------------------------------------------------------- invariants 1 and 4
+@pytest.mark.parametrize("init", ["zero", "carried"])
+@pytest.mark.parametrize("B,T", SIZES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
+@pytest.mark.parametrize("name", NAMES)
+def test_every_mode_matches_step_loop(name, dtype, B, T, init):
+    mixer = make_mixer(name, dtype)
+    x = randn(B, T, D_MODEL, dtype=dtype, seed=1)
+    state = carried_state(mixer, B, dtype) if init == "carried" else None
+    reference = run_with_grads(mixer, x, state, step_loop)
+    if dtype == torch.float64 and init == "carried" and T > 1:
+        dead = [k for k, v in reference.items() if k.startswith("grad of parameter") and not v.abs().sum() > 0]
+        assert not dead, f"{name}: parameters with an all-zero gradient make the gradient check vacuous: {dead}"
+    for mode in mixer.modes:
+        result = run_with_grads(mixer, x, state, lambda m, x_, s: m(x_, s, mode=mode))
+        assert result["output y"].dtype == dtype
+        assert_all_close(f"{name} mode={mode!r} vs step loop", result, reference, TOLERANCE[dtype])
+
+
+# --------------------------------------------------------------------------- invariant 2
+@pytest.mark.parametrize("name", NAMES)
+def test_split_and_carry_equals_whole(name):
+    mixer = make_mixer(name)
+    B, T = 2, 40
+    x = randn(B, T, D_MODEL, dtype=torch.float64, seed=2)
+    state0 = carried_state(mixer, B, torch.float64)
+    with torch.no_grad():
+        for mode in mixer.modes:
+            y_full, s_full = mixer(x, state0, mode=mode)
+            for t in (1, 16, 17, T - 1):
+                y1, s1 = mixer(x[:, :t], state0, mode=mode)
+                y2, s2 = mixer(x[:, t:], s1, mode=mode)
+                what = f"{name} mode={mode!r} split at {t}"
+                assert_close(f"{what}: output y", torch.cat([y1, y2], dim=1), y_full, 1e-10)
+                for i, (a, b) in enumerate(zip(state_tensors(s2), state_tensors(s_full), strict=True)):
+                    assert_close(f"{what}: final state[{i}]", a, b, 1e-10)
+
+
+# --------------------------------------------------------------------------- invariant 3
+@pytest.mark.parametrize("name", NAMES)
+def test_causality(name):
+    mixer = make_mixer(name)
+    B, T, t = 2, 33, 10
+    x = randn(B, T, D_MODEL, dtype=torch.float64, seed=3)
+    x2 = x.clone()
+    x2[:, t] += randn(B, D_MODEL, dtype=torch.float64, seed=4)
+    with torch.no_grad():
+        for mode in mixer.modes:
+            y, _ = mixer(x, mode=mode)
+            y2, _ = mixer(x2, mode=mode)
+            assert_close(f"{name} mode={mode!r}: outputs before the changed token", y2[:, :t], y[:, :t], 1e-12)
+            changed = (y2[:, t] - y[:, t]).abs().max().item()
+            assert changed > 1e-8, f"{name} mode={mode!r}: changing x[:, {t}] did not change y[:, {t}]"
+
+
+# --------------------------------------------------------------------------- invariant 5
+@pytest.mark.parametrize("name", NAMES)
+def test_state_size_counts_what_is_held(name):
+    mixer = make_mixer(name)
+    B = 3
+    init = mixer.init_state(B)
+    assert state_numel(init) == B * mixer.state_size(0), f"{name}: init_state holds a different size"
+    for t in state_tensors(init):
+        assert t.dtype == torch.float64, f"{name}: init_state dtype {t.dtype} does not follow the parameters"
+    with torch.no_grad():
+        for L in (1, 5, 33):
+            _, state = mixer(randn(B, L, D_MODEL, dtype=torch.float64, seed=5))
+            shapes = [tuple(s.shape) for s in state_tensors(state)]
+            assert all(s[0] == B for s in shapes), f"{name}: every state tensor must be batch-first, got {shapes}"
+            assert state_numel(state) == B * mixer.state_size(L), (
+                f"{name}: after {L} tokens the state holds {state_numel(state) // B} elements per sequence, "
+                f"state_size({L}) says {mixer.state_size(L)}"
+            )
+    assert mixer.state_size(4096) >= mixer.state_size(0) >= 0
+
+
+# --------------------------------------------------------------------------- batch independence
+@pytest.mark.parametrize("name", NAMES)
+def test_sequences_in_a_batch_do_not_interact(name):
+    mixer = make_mixer(name)
+    x = randn(3, 21, D_MODEL, dtype=torch.float64, seed=6)
+    with torch.no_grad():
+        for mode in mixer.modes:
+            y, _ = mixer(x, mode=mode)
+            for b in range(3):
+                y_b, _ = mixer(x[b : b + 1], mode=mode)
+                assert_close(f"{name} mode={mode!r}: sequence {b} alone vs in the batch", y_b, y[b : b + 1], 1e-10)
+
+
+# --------------------------------------------------------------------------- clear errors
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_input_fails_clearly(name):
+    mixer = make_mixer(name)
+    with pytest.raises(ValueError, match="available modes"):
+        mixer(torch.zeros(1, 3, D_MODEL, dtype=torch.float64), mode="no-such-mode")
+    with pytest.raises(ValueError, match=r"d_model=16"):
+        mixer(torch.zeros(1, 3, D_MODEL + 1, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[batch, time, d_model\]"):
+        mixer(torch.zeros(3, D_MODEL, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"\[batch, d_model\]"):
+        mixer.step(torch.zeros(1, 3, D_MODEL, dtype=torch.float64), None)
+    with pytest.raises(TypeError, match="floating-point"):
+        mixer(torch.zeros(1, 3, D_MODEL, dtype=torch.long))
+
+
+def test_registry_lists_the_foundation_mixers():
+    names = set(NAMES)
+    assert {"attention", "linear_attention", "retnet", "lstm", "mingru", "mamba"} <= names
+    for spec in list_mixers():
+        assert spec.modes, f"{spec.name}: no modes"
+        assert spec.family and spec.paper, f"{spec.name}: family and paper are required"
+
+
+def test_unknown_mixer_lists_known_ones():
+    with pytest.raises(KeyError, match="Known mixers: .*lstm"):
+        build_mixer("lstn", d_model=8)
+    with pytest.raises(KeyError, match="Did you mean 'lstm'"):
+        build_mixer("lstn", d_model=8)
