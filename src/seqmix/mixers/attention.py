@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
-from seqmix.mixers.base import Mixer
+from seqmix.mixers.base import Mixer, default_n_heads
 from seqmix.modules.rotary import apply_rotary, rotary_inv_freq
 from seqmix.ops.attention import attention_parallel, attention_recurrent, attention_step
 
@@ -37,7 +37,7 @@ class Attention(Mixer):
 
     Args:
         d_model: model width.
-        n_heads: number of heads; must divide ``d_model``. Default ``max(1, d_model // 64)``.
+        n_heads: number of heads; must divide ``d_model``. Default: heads of about 64 channels (``default_n_heads``).
         rotary: rotate queries and keys by their absolute position (needs an even head dimension).
         rotary_base: the rotary base ``b`` of the frequencies ``b^(-2i/head_dim)``.
         causal: ``False`` builds a bidirectional encoder mixer (no ``step``, no cache prefix).
@@ -57,7 +57,7 @@ class Attention(Mixer):
     ) -> None:
         super().__init__(d_model)
         if n_heads is None:
-            n_heads = max(1, d_model // 64)
+            n_heads = default_n_heads(d_model)
         if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads <= 0:
             raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
         if d_model % n_heads:

@@ -20,7 +20,18 @@ from torch import nn
 
 from seqmix.state import State
 
-__all__ = ["Mixer", "State"]
+__all__ = ["Mixer", "State", "default_n_heads"]
+
+
+def default_n_heads(d_model: int, head_dim: int = 64) -> int:
+    """Heads of about ``head_dim`` channels: the largest divisor of ``d_model`` <= ``d_model // head_dim``.
+
+    Always at least 1 and always divides ``d_model``, so every width builds with default options.
+    """
+    for n in range(max(1, d_model // head_dim), 0, -1):
+        if d_model % n == 0:
+            return n
+    return 1
 
 
 class Mixer(nn.Module):

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from seqmix.mixers.base import Mixer
+from seqmix.mixers.base import Mixer, default_n_heads
 from seqmix.ops.linear_attention import (
     elu_feature_map,
     linear_attention_chunk,
@@ -37,7 +37,7 @@ class LinearAttention(Mixer):
 
     Args:
         d_model: model width.
-        n_heads: number of heads; must divide ``d_model``. Default ``max(1, d_model // 64)``.
+        n_heads: number of heads; must divide ``d_model``. Default: heads of about 64 channels (``default_n_heads``).
         chunk_size: chunk length of the ``"chunk"`` mode.
         normalize: divide by ``phi(q)^T z + eps`` as in the paper; ``False`` drops the normaliser.
         eps: added to the normaliser (must be >= 0).
@@ -55,7 +55,7 @@ class LinearAttention(Mixer):
     ) -> None:
         super().__init__(d_model)
         if n_heads is None:
-            n_heads = max(1, d_model // 64)
+            n_heads = default_n_heads(d_model)
         if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads <= 0:
             raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
         if d_model % n_heads:

@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.mixers.base import Mixer
+from seqmix.mixers.base import Mixer, default_n_heads
 from seqmix.modules.rotary import rotary_inv_freq
 from seqmix.ops.retention import retention_chunk, retention_parallel, retention_recurrent, retention_step
 
@@ -40,7 +40,7 @@ class RetNet(Mixer):
 
     Args:
         d_model: model width.
-        n_heads: retention heads; default ``max(1, d_model // 64)``. Must divide ``d_model``.
+        n_heads: retention heads; default: heads of about 64 channels (``default_n_heads``).
         chunk_size: chunk length of the ``"chunk"`` form.
         rotary: rotate queries/keys by position (the paper's Theta); needs an even head_dim.
         value_factor: value/gate width per head as a multiple of head_dim (paper: 2).
@@ -63,7 +63,7 @@ class RetNet(Mixer):
     ) -> None:
         super().__init__(d_model)
         if n_heads is None:
-            n_heads = max(1, d_model // 64)
+            n_heads = default_n_heads(d_model)
         if not _is_int(n_heads) or n_heads <= 0:
             raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
         if d_model % n_heads:
@@ -103,14 +103,9 @@ class RetNet(Mixer):
         # GroupNorm with one group per head: statistics over a head's values at one token.
         self.norm = nn.GroupNorm(n_heads, inner, eps=norm_eps)
 
-        # Fixed (not learned) per-head decays, gamma_h = 1 - 2^(-5-h), kept as log(gamma) computed in
-        # float64 via log1p so gammas near 1 keep their precision.
-        log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(n_heads, dtype=torch.float64))))
-        self.register_buffer("log_gamma", log_gamma.to(torch.get_default_dtype()), persistent=False)
-        if rotary:
-            self.register_buffer("inv_freq", rotary_inv_freq(head_dim), persistent=False)
-        else:
-            self.register_buffer("inv_freq", None, persistent=False)
+        # The fixed per-head decays gamma_h = 1 - 2^(-5-h) and the rotation frequencies are computed in
+        # float64 on each call (see _constants) rather than stored as buffers, so that a float64 module
+        # gets float64-exact constants and a low-precision one gets them rounded once.
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -141,8 +136,10 @@ class RetNet(Mixer):
         return q, k, v
 
     def _constants(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        theta = None if self.inv_freq is None else self.inv_freq.to(x.dtype)
-        return self.log_gamma.to(x.dtype), theta
+        """``log_gamma: [H]`` (via log1p, so gammas near 1 keep their precision) and ``theta: [K/2]``."""
+        log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(self.n_heads, dtype=torch.float64))))
+        theta = rotary_inv_freq(self.head_dim, dtype=x.dtype, device=x.device) if self.rotary else None
+        return log_gamma.to(device=x.device, dtype=x.dtype), theta
 
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Gate, normalise and project the retention output ``o: [..., H, V]`` of input ``x: [..., D]``."""

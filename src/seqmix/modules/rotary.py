@@ -20,8 +20,9 @@ def rotary_inv_freq(
     """Angular frequencies ``theta_i = base^(-2i/K)`` for ``i < K/2``; returns ``[K // 2]``."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
-    exponent = torch.arange(0, head_dim, 2, device=device, dtype=torch.float64) / head_dim
-    return (base ** -exponent).to(dtype or torch.get_default_dtype())
+    # computed in float64 on the CPU (not every accelerator has float64), then moved
+    exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+    return (base**-exponent).to(device=device, dtype=dtype or torch.get_default_dtype())
 
 
 def rotate_pairs(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:

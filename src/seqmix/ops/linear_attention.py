@@ -23,6 +23,9 @@ layout; it then does not influence the output.
 - ``linear_attention_chunk``: masked ``C x C`` blocks inside chunks; the state entering each chunk is
   an exclusive cumulative sum of per-chunk ``k^T v`` (there is no decay, so the cross-chunk recurrence
   is a plain prefix sum and needs no loop at all).
+
+The two fast forms carry the normaliser as an extra value column (``v' = [v, 1]``, ``S' = [S, z]``),
+so numerator and denominator come out of the same matmuls.
 """
 
 from __future__ import annotations
@@ -48,6 +51,14 @@ def elu_feature_map(x: torch.Tensor) -> torch.Tensor:
 
 def _normalise(num: torch.Tensor, den: torch.Tensor, normalize: bool, eps: float) -> torch.Tensor:
     return num / (den.unsqueeze(-1) + eps) if normalize else num
+
+
+def _augment(v: torch.Tensor, S0: torch.Tensor, z0: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Fold the normaliser into the numerator: with ``v' = [v, 1]`` and ``S' = [S, z]`` the last column
+    of ``q^T S'`` is ``q^T z``, so one set of matmuls yields both (and ``z`` needs no bookkeeping)."""
+    v_aug = torch.cat((v, torch.ones_like(v[..., :1])), dim=-1)  # [B, H, T, V+1]
+    S_aug = torch.cat((S0, z0.unsqueeze(-1)), dim=-1)  # [B, H, K, V+1]
+    return v_aug, S_aug
 
 
 def linear_attention_step(
@@ -91,17 +102,14 @@ def linear_attention_parallel(
     normalize: bool = True,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, SZ]:
-    """Quadratic form: ``o = q S0 + tril(q k^T) v`` (and likewise the normaliser)."""
-    S0, z0 = initial_state
-    T = q.shape[2]
-    causal = torch.ones(T, T, dtype=torch.bool, device=q.device).tril()  # [T, T], diagonal included
-    A = (q @ k.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, T, T]
-    num = q @ S0 + A @ v  # [B, H, T, V]
-    den = q @ z0.unsqueeze(-1)  # [B, H, T, 1]
-    den = den.squeeze(-1) + A.sum(-1)  # [B, H, T]
-    S = S0 + k.transpose(-1, -2) @ v  # [B, H, K, V]
-    z = z0 + k.sum(2)  # [B, H, K]
-    return _normalise(num, den, normalize, eps), (S, z)
+    """Quadratic form: ``o = q S0 + tril(q k^T) v``, the normaliser riding along as column ``V``."""
+    Vd = v.shape[-1]
+    v_aug, S0_aug = _augment(v, *initial_state)  # [B, H, T, V+1], [B, H, K, V+1]
+    A = (q @ k.transpose(-1, -2)).tril()  # [B, H, T, T], diagonal included
+    out = q @ S0_aug + A @ v_aug  # [B, H, T, V+1]
+    S_aug = S0_aug + k.transpose(-1, -2) @ v_aug  # [B, H, K, V+1]
+    o = _normalise(out[..., :Vd], out[..., Vd], normalize, eps)  # [B, H, T, V]
+    return o, (S_aug[..., :Vd].contiguous(), S_aug[..., Vd].contiguous())
 
 
 def linear_attention_chunk(
@@ -115,47 +123,48 @@ def linear_attention_chunk(
 ) -> tuple[torch.Tensor, SZ]:
     """Chunkwise form; every chunk is handled at once (batched matmuls), no loop over time or chunks.
 
-    1. Pad ``T`` up to ``N * C`` with zero tokens: a zero key adds nothing to ``S`` or ``z``, and the
+    1. Append a ones column to ``v`` and ``z0`` to ``S0`` (see ``_augment``): the normaliser becomes
+       the last output column.
+    2. Pad ``T`` up to ``N * C`` with zero tokens: a zero key adds nothing to the state, and the
        padded queries' outputs are cut off at the end.
-    2. Per chunk ``n``: ``kv_n = k_n^T v_n`` and ``ksum_n = sum_t k_n,t``.
-    3. State entering chunk ``n``: ``S0 + sum_{m<n} kv_m`` (exclusive prefix sum), likewise for ``z``.
-    4. Output: inter-chunk ``q_n S_in[n]`` plus intra-chunk ``tril(q_n k_n^T) v_n``.
-    5. Final state: the state entering the last chunk plus that chunk's contribution.
+    3. Per chunk ``n``: its contribution ``kv_n = k_n^T v_n`` to the state.
+    4. State entering chunk ``n``: ``S0 + sum_{m<n} kv_m``, an exclusive prefix sum (there is no decay,
+       so the cross-chunk recurrence needs no loop).
+    5. Output: inter-chunk ``q_n S_in[n]`` plus intra-chunk ``tril(q_n k_n^T) v_n``; then divide by
+       the normaliser column.
+    6. Final state: the state entering the last chunk plus that chunk's contribution.
     """
-    if chunk_size <= 0:
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
         raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-    S0, z0 = initial_state
     B, H, T, K = q.shape
     Vd = v.shape[-1]
     C = min(chunk_size, T)  # a chunk longer than the sequence would only add padding
     N = -(-T // C)
     pad = N * C - T
 
-    # 1. pad and split into chunks
+    # 1. fold the normaliser in
+    v, S0 = _augment(v, *initial_state)  # [B, H, T, V+1], [B, H, K, V+1]
+    W = Vd + 1
+
+    # 2. pad and split into chunks
     if pad:
         q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
     qc = q.reshape(B, H, N, C, K)  # [B, H, N, C, K]
     kc = k.reshape(B, H, N, C, K)  # [B, H, N, C, K]
-    vc = v.reshape(B, H, N, C, Vd)  # [B, H, N, C, V]
+    vc = v.reshape(B, H, N, C, W)  # [B, H, N, C, V+1]
 
-    # 2. per-chunk contributions to the state
-    kv = kc.transpose(-1, -2) @ vc  # [B, H, N, K, V]
-    ksum = kc.sum(3)  # [B, H, N, K]
+    # 3. per-chunk contributions to the state
+    kv = kc.transpose(-1, -2) @ vc  # [B, H, N, K, V+1]
 
-    # 3. exclusive prefix sums give the state entering each chunk. They are built by shifting, not
-    #    as (inclusive - own): that subtraction would let chunk n's keys leak into its own outputs at
-    #    rounding level and lose precision.
-    S_in = torch.cat((S0.unsqueeze(2), kv[:, :, :-1]), dim=2).cumsum(2)  # [B, H, N, K, V]
-    z_in = torch.cat((z0.unsqueeze(2), ksum[:, :, :-1]), dim=2).cumsum(2)  # [B, H, N, K]
+    # 4. exclusive prefix sum, built by shifting rather than as (inclusive - own): that subtraction
+    #    would leak chunk n's keys into its own outputs at rounding level and lose precision.
+    S_in = torch.cat((S0.unsqueeze(2), kv[:, :, :-1]), dim=2).cumsum(2)  # [B, H, N, K, V+1]
 
-    # 4. inter-chunk + intra-chunk parts
-    causal = torch.ones(C, C, dtype=torch.bool, device=q.device).tril()  # [C, C]
-    A = (qc @ kc.transpose(-1, -2)).masked_fill(~causal, 0.0)  # [B, H, N, C, C]
-    num = qc @ S_in + A @ vc  # [B, H, N, C, V]
-    den = (qc @ z_in.unsqueeze(-1)).squeeze(-1) + A.sum(-1)  # [B, H, N, C]
-    o = _normalise(num, den, normalize, eps).reshape(B, H, N * C, Vd)[:, :, :T]  # [B, H, T, V]
+    # 5. inter-chunk + intra-chunk parts
+    A = (qc @ kc.transpose(-1, -2)).tril()  # [B, H, N, C, C], diagonal included
+    out = (qc @ S_in + A @ vc).reshape(B, H, N * C, W)[:, :, :T]  # [B, H, T, V+1]
+    o = _normalise(out[..., :Vd], out[..., Vd], normalize, eps)  # [B, H, T, V]
 
-    # 5. final state
-    S = S_in[:, :, -1] + kv[:, :, -1]  # [B, H, K, V]
-    z = z_in[:, :, -1] + ksum[:, :, -1]  # [B, H, K]
-    return o, (S, z)
+    # 6. final state
+    S = S_in[:, :, -1] + kv[:, :, -1]  # [B, H, K, V+1]
+    return o, (S[..., :Vd].contiguous(), S[..., Vd].contiguous())

@@ -192,14 +192,17 @@ def retention_chunk(
     # 5. What each chunk adds to the state (in the frame of its local position 0), all chunks at once.
     updates = (k * k_decay[..., None]).transpose(-1, -2) @ v  # [B, H, N, K, V]
 
-    # 6. State recurrence across chunks; keep the state entering each chunk for step 7.
+    # 6. State recurrence across chunks; keep the state entering each chunk for step 7. unbind (not
+    #    indexing in the loop) so that backward assembles each gradient once instead of once per chunk.
+    chunk_updates = updates.unbind(2)  # N x [B, H, K, V]
+    chunk_decays = chunk_decay[..., None, None].unbind(1)  # N x [H, 1, 1]
     if theta is not None:
-        back = -lengths.to(theta.dtype)[:, None] * theta  # [N, K/2]  rotation into each chunk's last frame
+        back = (-lengths.to(theta.dtype)[:, None] * theta).unbind(0)  # N x [K/2]: into the chunk's last frame
     state = initial_state
     entering = []
     for c in range(N):
         entering.append(state)
-        state = chunk_decay[:, c, None, None] * state + updates[:, :, c]  # [B, H, K, V]
+        state = chunk_decays[c] * state + chunk_updates[c]  # [B, H, K, V]
         if theta is not None:
             state = _rotate_state(state, back[c])
     entering_states = torch.stack(entering, dim=2)  # [B, H, N, K, V]
