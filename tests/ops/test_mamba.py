@@ -1,0 +1,148 @@
+"""Selective-scan ops: the chunked form equals the reference loop (outputs, final state and the gradients
+of u, delta, A, B, C and the initial state), the loop equals the closed form, and the chunked form
+never keeps a [B, T, D, N] tensor for backward."""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable
+
+import pytest
+import torch
+
+from seqmix.ops.mamba import selective_scan_chunked, selective_scan_recurrent
+
+ARGS = ("u", "delta", "A", "Bm", "Cm", "initial_state")
+D, N = 3, 4
+
+
+def make_inputs(B: int, T: int, regime: str, dtype=torch.float64, seed: int = 0) -> dict:
+    """Step sizes: typical (softplus of a normal), tiny (decay within 1e-7 of 1) or huge (decay ~ e^-200)."""
+    g = torch.Generator().manual_seed(seed)
+    rnd = partial(torch.randn, generator=g, dtype=torch.float64)
+    delta = torch.nn.functional.softplus(rnd(B, T, D))
+    if regime == "tiny":
+        delta = delta * 1e-7
+    elif regime == "huge":
+        delta = 50.0 + 10.0 * delta
+    inputs = {
+        "u": rnd(B, T, D),
+        "delta": delta,
+        "A": -torch.arange(1, N + 1, dtype=torch.float64).expand(D, N) * (1 + 0.1 * rnd(D, N).abs()),
+        "Bm": rnd(B, T, N),
+        "Cm": rnd(B, T, N),
+        "initial_state": rnd(B, D, N),
+    }
+    return {n: t.to(dtype) for n, t in inputs.items()}
+
+
+def run(form: Callable, inputs: dict) -> dict[str, torch.Tensor]:
+    """Outputs, final state and gradients of a fixed random functional of both w.r.t. every input."""
+    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items()}
+    y, h_last = form(*(leaves[n] for n in ARGS))
+    g = torch.Generator().manual_seed(99)
+    w_y = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    w_h = torch.randn(h_last.shape, generator=g, dtype=torch.float64).to(y.dtype)
+    loss = (y * w_y).sum() + (h_last * w_h).sum()
+    grads = torch.autograd.grad(loss, list(leaves.values()))
+    out = {"output y": y.detach(), "final state h_last": h_last.detach()}
+    out.update({f"grad of {n}": gr for n, gr in zip(leaves, grads)})
+    return out
+
+
+def assert_all_close(actual: dict, expected: dict, tol: float, what: str) -> None:
+    assert actual.keys() == expected.keys()
+    for name, exp in expected.items():
+        act = actual[name]
+        assert act.shape == exp.shape, f"{what}: {name} has shape {tuple(act.shape)}, expected {tuple(exp.shape)}"
+        assert torch.isfinite(act).all(), f"{what}: {name} has non-finite entries"
+        err = (act.double() - exp.double()).abs().max().item()
+        scale = max(exp.double().abs().max().item(), 1e-30)
+        assert err <= tol * scale, f"{what}: {name} differs by {err:.3e} (relative {err / scale:.3e} > {tol:.0e})"
+
+
+# (B, T, chunk_size, regime): T = 1, C = 1, C > T, T a multiple / not a multiple of C, extreme step sizes,
+# a long sequence
+CASES = [
+    (2, 1, 16, "typical"),
+    (2, 6, 1, "typical"),
+    (1, 7, 64, "typical"),
+    (2, 32, 16, "typical"),
+    (3, 63, 16, "typical"),
+    (2, 45, 8, "tiny"),
+    (2, 45, 8, "huge"),
+    (1, 1200, 64, "typical"),
+    (1, 1200, 32, "tiny"),
+]
+
+
+@pytest.mark.parametrize("B,T,chunk_size,regime", CASES)
+def test_chunked_matches_reference(B, T, chunk_size, regime):
+    inputs = make_inputs(B, T, regime)
+    expected = run(selective_scan_recurrent, inputs)
+    actual = run(partial(selective_scan_chunked, chunk_size=chunk_size), inputs)
+    assert_all_close(actual, expected, 1e-10, f"selective_scan_chunked B={B} T={T} C={chunk_size} {regime}")
+
+
+def test_chunked_float32_matches_float64_reference():
+    expected = run(selective_scan_recurrent, make_inputs(2, 77, "typical"))
+    actual = run(partial(selective_scan_chunked, chunk_size=16), make_inputs(2, 77, "typical", dtype=torch.float32))
+    for name, t in actual.items():
+        assert t.dtype == torch.float32, f"{name} is {t.dtype}, expected float32"
+    assert_all_close(actual, expected, 1e-4, "float32 selective_scan_chunked")
+
+
+def test_reference_equals_closed_form():
+    """y_t = C_t . (exp(A S_t) h0 + sum_{s<=t} exp(A (S_t - S_s)) delta_s u_s B_s), S_t = sum_{r<=t} delta_r."""
+    inputs = make_inputs(2, 8, "typical")
+    u, delta, A, Bm, Cm, h0 = (inputs[n] for n in ARGS)
+    S = delta.cumsum(dim=1)  # [B, T, D]
+    ys = []
+    for t in range(u.shape[1]):
+        h = torch.exp(S[:, t, :, None] * A) * h0
+        for s in range(t + 1):
+            decay = torch.exp((S[:, t] - S[:, s])[:, :, None] * A)  # [B, D, N]
+            h = h + decay * (delta[:, s] * u[:, s])[:, :, None] * Bm[:, s, None, :]
+        ys.append((h * Cm[:, t, None, :]).sum(-1))
+    y, h_last = selective_scan_recurrent(u, delta, A, Bm, Cm, h0)
+    torch.testing.assert_close(y, torch.stack(ys, dim=1), rtol=1e-11, atol=1e-12, msg="output y vs closed form")
+    torch.testing.assert_close(h_last, h, rtol=1e-11, atol=1e-12, msg="final state vs closed form")
+
+
+def test_gradcheck_chunked():
+    inputs = make_inputs(2, 9, "typical")
+    leaves = tuple(inputs[n].clone().requires_grad_(True) for n in ARGS)
+    assert torch.autograd.gradcheck(lambda *a: selective_scan_chunked(*a, chunk_size=4), leaves)
+
+
+def test_backward_keeps_no_full_state_sequence():
+    """Autograd must not hold a [B, T, D, N] tensor: only inputs and one [B, D, N] state per chunk."""
+    B, T, C = 2, 256, 16
+    inputs = {n: t.requires_grad_(True) for n, t in make_inputs(B, T, "typical").items()}
+    saved: list[tuple[int, ...]] = []
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        selective_scan_chunked(*(inputs[n] for n in ARGS), chunk_size=C)
+    allowed = max(B * T * max(D, N), B * (T // C) * D * N)  # the inputs, or one state per chunk
+    assert allowed < B * T * D * N
+    too_big = [s for s in saved if torch.Size(s).numel() > allowed]
+    assert not too_big, f"autograd keeps tensors of shapes {too_big} (B={B}, T={T}, D={D}, N={N})"
+
+
+def test_bad_arguments_fail_clearly():
+    inputs = make_inputs(2, 5, "typical")
+    args = [inputs[n] for n in ARGS]
+    with pytest.raises(ValueError, match="chunk_size must be a"):
+        selective_scan_chunked(*args, chunk_size=24)
+    with pytest.raises(ValueError, match=r"A must have shape \[D=3, N\]"):
+        selective_scan_chunked(args[0], args[1], args[2][:2], *args[3:])
+    with pytest.raises(ValueError, match="Cm must have shape"):
+        selective_scan_chunked(*args[:4], args[4][:, :, :2], args[5])
+    with pytest.raises(ValueError, match="initial_state must have shape"):
+        selective_scan_recurrent(*args[:5], args[5][:1])
+    with pytest.raises(ValueError, match="share one dtype"):
+        selective_scan_chunked(args[0].float(), *args[1:])
