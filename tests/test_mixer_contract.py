@@ -223,3 +223,16 @@ def test_unknown_mixer_lists_known_ones():
         build_mixer("lstn", d_model=8)
     with pytest.raises(KeyError, match="Did you mean 'lstm'"):
         build_mixer("lstn", d_model=8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_inference_mode_then_training(name):
+    """Decoding under inference_mode must not leave cached tensors that break a later backward."""
+    mixer = make_mixer(name, torch.float32)
+    x = randn(2, 9, D_MODEL, dtype=torch.float32, seed=8)
+    with torch.inference_mode():
+        y_inf, state = mixer(x)
+        mixer.step(x[:, 0], state)
+    y, _ = mixer(x)
+    y.sum().backward()
+    assert_close(f"{name}: output under inference_mode", y_inf.clone(), y.detach(), 1e-6)

@@ -18,6 +18,8 @@ attention's 4; lower it for parameter-matched comparisons).
 
 from __future__ import annotations
 
+import functools
+
 from typing import Optional
 
 import torch
@@ -136,10 +138,7 @@ class RetNet(Mixer):
         return q, k, v
 
     def _constants(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        """``log_gamma: [H]`` (via log1p, so gammas near 1 keep their precision) and ``theta: [K/2]``."""
-        log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(self.n_heads, dtype=torch.float64))))
-        theta = rotary_inv_freq(self.head_dim, dtype=x.dtype, device=x.device) if self.rotary else None
-        return log_gamma.to(device=x.device, dtype=x.dtype), theta
+        return _retention_constants(self.n_heads, self.head_dim, self.rotary, x.device, x.dtype)
 
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Gate, normalise and project the retention output ``o: [..., H, V]`` of input ``x: [..., D]``."""
@@ -177,3 +176,18 @@ class RetNet(Mixer):
             f"d_model={self.d_model}, n_heads={self.n_heads}, head_dim={self.head_dim}, "
             f"value_dim={self.value_dim}, chunk_size={self.chunk_size}, rotary={self.rotary}, modes={self.modes}"
         )
+
+
+@functools.lru_cache(maxsize=64)
+def _retention_constants(
+    n_heads: int, head_dim: int, rotary: bool, device: torch.device, dtype: torch.dtype
+) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+    """``log_gamma: [H]`` (via log1p, so gammas near 1 keep their precision) and ``theta: [K/2]``.
+
+    Cached: a decoding step should not rebuild constants. Built outside inference mode so that a cache
+    filled during ``torch.inference_mode()`` decoding still serves training afterwards.
+    """
+    with torch.inference_mode(False), torch.no_grad():
+        log_gamma = torch.log1p(-(2.0 ** (-5.0 - torch.arange(n_heads, dtype=torch.float64))))
+        theta = rotary_inv_freq(head_dim, dtype=dtype, device=device) if rotary else None
+        return log_gamma.to(device=device, dtype=dtype), theta
