@@ -210,6 +210,26 @@ def test_bad_input_fails_clearly(name):
         mixer(torch.zeros(1, 3, D_MODEL, dtype=torch.long))
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_bad_state_fails_clearly(name):
+    mixer = make_mixer(name)
+    state = carried_state(mixer, 2, torch.float64)
+    x3 = torch.zeros(3, 4, D_MODEL, dtype=torch.float64)
+    with pytest.raises(ValueError, match="expects a state"):
+        mixer(x3, state)  # a state for 2 sequences, input of 3
+    with pytest.raises(ValueError, match="expects a state"):
+        mixer.step(x3[:, 0], state)
+    tensors = state_tensors(state)
+    wrong = tuple(tensors[:-1]) if len(tensors) > 1 else (tensors[0], tensors[0])
+    with pytest.raises(ValueError, match="expects a state"):
+        mixer(x3[:2], wrong)
+    # a plain tuple of the right tensors (e.g. after serialisation) is accepted
+    plain = tensors[0] if len(tensors) == 1 else tuple(tensors)
+    y_plain, _ = mixer(x3[:2], plain)
+    y_named, _ = mixer(x3[:2], state)
+    assert_close(f"{name}: plain-tuple state", y_plain, y_named, 0.0)
+
+
 def test_registry_lists_the_foundation_mixers():
     names = set(NAMES)
     assert {"attention", "linear_attention", "retnet", "lstm", "mingru", "mamba"} <= names

@@ -13,7 +13,8 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
-from seqmix.mixers.base import Mixer, default_n_heads
+from seqmix.mixers import options
+from seqmix.mixers.base import Mixer
 from seqmix.modules.rotary import apply_rotary, rotary_inv_freq
 from seqmix.ops.attention import attention_parallel, attention_recurrent, attention_step
 
@@ -27,17 +28,12 @@ class KVCache(NamedTuple):
     v: torch.Tensor  # [B, H, t, head_dim]
 
 
-def _check_bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-
-
 class Attention(Mixer):
     """Multi-head scaled dot-product attention, causal by default.
 
     Args:
         d_model: model width.
-        n_heads: number of heads; must divide ``d_model``. Default: heads of about 64 channels (``default_n_heads``).
+        n_heads: number of heads; must divide ``d_model``. Default: heads of about 64 channels.
         rotary: rotate queries and keys by their absolute position (needs an even head dimension).
         rotary_base: the rotary base ``b`` of the frequencies ``b^(-2i/head_dim)``.
         causal: ``False`` builds a bidirectional encoder mixer (no ``step``, no cache prefix).
@@ -56,22 +52,10 @@ class Attention(Mixer):
         bias: bool = False,
     ) -> None:
         super().__init__(d_model)
-        if n_heads is None:
-            n_heads = default_n_heads(d_model)
-        if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads <= 0:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
-        if d_model % n_heads:
-            raise ValueError(f"n_heads must divide d_model, got d_model={d_model}, n_heads={n_heads}")
         for name, value in (("rotary", rotary), ("causal", causal), ("bias", bias)):
-            _check_bool(name, value)
-        head_dim = d_model // n_heads
-        if rotary and head_dim % 2:
-            raise ValueError(
-                f"rotary=True needs an even head dimension d_model // n_heads, got {head_dim} "
-                f"(d_model={d_model}, n_heads={n_heads}); change n_heads or pass rotary=False"
-            )
-        if isinstance(rotary_base, bool) or not isinstance(rotary_base, (int, float)) or not rotary_base > 1:
-            raise ValueError(f"rotary_base must be a number > 1, got {rotary_base!r}")
+            options.boolean(name, value)
+        n_heads, head_dim = options.heads(d_model, n_heads, rotary=rotary)
+        rotary_base = options.number("rotary_base", rotary_base, minimum=1, strict=True)
 
         self.n_heads = n_heads
         self.head_dim = head_dim

@@ -18,20 +18,9 @@ from typing import Any, ClassVar, Optional
 import torch
 from torch import nn
 
-from seqmix.state import State
+from seqmix.state import State, state_tensors
 
-__all__ = ["Mixer", "State", "default_n_heads"]
-
-
-def default_n_heads(d_model: int, head_dim: int = 64) -> int:
-    """Heads of about ``head_dim`` channels: the largest divisor of ``d_model`` <= ``d_model // head_dim``.
-
-    Always at least 1 and always divides ``d_model``, so every width builds with default options.
-    """
-    for n in range(max(1, d_model // head_dim), 0, -1):
-        if d_model % n == 0:
-            return n
-    return 1
+__all__ = ["Mixer", "State"]
 
 
 class Mixer(nn.Module):
@@ -65,6 +54,8 @@ class Mixer(nn.Module):
         mode = self.resolve_mode(mode)
         if state is None:
             state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+        else:
+            state = self.check_state(state, x.shape[0])
         return self._forward(x, state, mode)
 
     def step(self, x_t: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
@@ -77,6 +68,8 @@ class Mixer(nn.Module):
         self._check_input(x_t, ndim=2, what="x_t", layout="[batch, d_model]")
         if state is None:
             state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
+        else:
+            state = self.check_state(state, x_t.shape[0])
         return self._step(x_t, state)
 
     def init_state(
@@ -91,6 +84,40 @@ class Mixer(nn.Module):
     def state_size(self, context_len: int) -> int:
         """Elements held per sequence for inference after ``context_len`` tokens."""
         raise NotImplementedError
+
+    def check_state(self, state: State, batch_size: int) -> State:
+        """Check ``state`` against ``init_state``'s layout and return it in that layout.
+
+        Every tensor must match the layout's shape (batch first), except along dimensions that
+        ``init_state`` creates empty: those grow with the context (a KV cache). A plain tuple is accepted
+        where the layout is a named tuple (e.g. after serialisation).
+        """
+        kind, shapes = self._state_layout()
+        expected = [(batch_size,) + shape for shape in shapes]
+        given = [tuple(t.shape) for t in state_tensors(state)]
+        ok = len(given) == len(expected) and all(
+            len(g) == len(e) and all(gd == ed for gd, ed in zip(g, e) if ed != 0) for g, e in zip(given, expected)
+        )
+        if not ok:
+            grows = " (* grows with the context)" if any(0 in e for e in expected) else ""
+            raise ValueError(
+                f"{type(self).__name__} expects a state of {len(expected)} tensor(s) shaped "
+                f"{_layout(expected, template=True)} for batch {batch_size}{grows}, "
+                f"got {len(given)} shaped {_layout(given)}"
+            )
+        if kind is not None and not isinstance(state, kind):
+            state = kind(*state)
+        return state
+
+    def _state_layout(self) -> tuple[Optional[type], list[tuple[int, ...]]]:
+        """(named-tuple type or None, per-tensor shapes without the batch dim), from ``init_state`` once."""
+        layout = self.__dict__.get("_seqmix_state_layout")
+        if layout is None:
+            template = self.init_state(1, device=torch.device("meta"))
+            kind = type(template) if isinstance(template, tuple) and hasattr(template, "_fields") else None
+            layout = (kind, [tuple(t.shape[1:]) for t in state_tensors(template)])
+            self.__dict__["_seqmix_state_layout"] = layout
+        return layout
 
     def resolve_mode(self, mode: Optional[str]) -> str:
         """Return ``mode`` or the default one; reject a mode this mixer does not offer."""
@@ -132,3 +159,9 @@ class Mixer(nn.Module):
 
     def extra_repr(self) -> str:
         return f"d_model={self.d_model}, modes={self.modes}"
+
+
+def _layout(shapes: list[tuple[int, ...]], template: bool = False) -> str:
+    """Shapes as text; in a template a 0 dimension is one that grows with the context, shown as *."""
+    dims = [", ".join("*" if template and d == 0 else str(d) for d in shape) for shape in shapes]
+    return ", ".join(f"({d})" for d in dims) or "nothing"

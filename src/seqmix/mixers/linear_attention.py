@@ -13,7 +13,8 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from seqmix.mixers.base import Mixer, default_n_heads
+from seqmix.mixers import options
+from seqmix.mixers.base import Mixer
 from seqmix.ops.linear_attention import (
     elu_feature_map,
     linear_attention_chunk,
@@ -37,7 +38,7 @@ class LinearAttention(Mixer):
 
     Args:
         d_model: model width.
-        n_heads: number of heads; must divide ``d_model``. Default: heads of about 64 channels (``default_n_heads``).
+        n_heads: number of heads; must divide ``d_model``. Default: heads of about 64 channels.
         chunk_size: chunk length of the ``"chunk"`` mode.
         normalize: divide by ``phi(q)^T z + eps`` as in the paper; ``False`` drops the normaliser.
         eps: added to the normaliser (must be >= 0).
@@ -54,21 +55,13 @@ class LinearAttention(Mixer):
         eps: float = 1e-6,
     ) -> None:
         super().__init__(d_model)
-        if n_heads is None:
-            n_heads = default_n_heads(d_model)
-        if not isinstance(n_heads, int) or isinstance(n_heads, bool) or n_heads <= 0:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
-        if d_model % n_heads:
-            raise ValueError(f"n_heads must divide d_model, got d_model={d_model}, n_heads={n_heads}")
-        if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
-        if not isinstance(normalize, bool):
-            raise ValueError(f"normalize must be True or False, got {normalize!r}")
-        if isinstance(eps, bool) or not isinstance(eps, (int, float)) or not eps >= 0:
-            raise ValueError(f"eps must be a number >= 0, got {eps!r}")
+        n_heads, head_dim = options.heads(d_model, n_heads)
+        chunk_size = options.positive_int("chunk_size", chunk_size)
+        normalize = options.boolean("normalize", normalize)
+        eps = options.number("eps", eps, minimum=0)
 
         self.n_heads = n_heads
-        self.head_dim = d_model // n_heads
+        self.head_dim = head_dim
         self.chunk_size = chunk_size
         self.normalize = normalize
         self.eps = float(eps)

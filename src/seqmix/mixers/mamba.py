@@ -111,20 +111,8 @@ class Mamba(Mixer):
         delta = F.softplus(self.dt_proj(dt))  # [..., d_inner]
         return x, delta, Bm, Cm
 
-    def _as_state(self, state, batch_size: int) -> MambaState:
-        """Accept a MambaState or a plain (conv, ssm) pair (e.g. a state that went through serialisation)."""
-        if not (isinstance(state, (tuple, list)) and len(state) == 2):
-            raise TypeError(f"Mamba expects a MambaState(conv, ssm), got {type(state).__name__}")
-        state = MambaState(*state)
-        expected = (batch_size, self.d_inner, self.d_state)
-        if tuple(state.ssm.shape) != expected:
-            got = tuple(state.ssm.shape)
-            raise ValueError(f"state.ssm must have shape {expected} ([B, d_inner, d_state]), got {got}")
-        return state
-
     # ------------------------------------------------------------------ contract
     def _forward(self, x: torch.Tensor, state: MambaState, mode: str) -> tuple[torch.Tensor, MambaState]:
-        state = self._as_state(state, x.shape[0])
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, d_inner] each
         xs, conv_state = self.conv(xs, state.conv)
         xs, delta, Bm, Cm = self._ssm_inputs(xs)
@@ -137,7 +125,6 @@ class Mamba(Mixer):
         return self.out_proj(y), MambaState(conv_state, ssm)
 
     def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
-        state = self._as_state(state, x_t.shape[0])
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # [B, d_inner] each
         xs, conv_state = self.conv.step(xs, state.conv)
         xs, delta, B_t, C_t = self._ssm_inputs(xs)

@@ -60,14 +60,7 @@ class MinGRU(Mixer):
         u, h_tilde = self.in_proj(x).chunk(2, dim=-1)
         return -F.softplus(u), torch.sigmoid(u) * h_tilde
 
-    def _check_state(self, state: torch.Tensor, batch_size: int) -> None:
-        if not isinstance(state, torch.Tensor) or tuple(state.shape) != (batch_size, self.d_hidden):
-            got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
-            expected = (batch_size, self.d_hidden)
-            raise ValueError(f"MinGRU state must be a tensor of shape {expected} ([B, d_hidden]), got {got}")
-
     def _forward(self, x: torch.Tensor, state: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_state(state, x.shape[0])
         log_a, b = self._gates(x)  # [B, T, d_hidden] each
         if mode == "scan":
             h, h_last = scan_chunked(log_a, b, state, self.chunk_size)
@@ -76,7 +69,6 @@ class MinGRU(Mixer):
         return self.out_proj(h), h_last
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_state(state, x_t.shape[0])
         log_a, b = self._gates(x_t)  # [B, d_hidden] each
         h = scan_step(log_a, b, state)
         return self.out_proj(h), h

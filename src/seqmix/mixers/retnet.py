@@ -26,15 +26,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.mixers.base import Mixer, default_n_heads
+from seqmix.mixers import options
+from seqmix.mixers.base import Mixer
 from seqmix.modules.rotary import rotary_inv_freq
 from seqmix.ops.retention import retention_chunk, retention_parallel, retention_recurrent, retention_step
 
 __all__ = ["RetNet"]
-
-
-def _is_int(x: object) -> bool:
-    return isinstance(x, int) and not isinstance(x, bool)
 
 
 class RetNet(Mixer):
@@ -42,7 +39,7 @@ class RetNet(Mixer):
 
     Args:
         d_model: model width.
-        n_heads: retention heads; default: heads of about 64 channels (``default_n_heads``).
+        n_heads: retention heads; default: heads of about 64 channels.
         chunk_size: chunk length of the ``"chunk"`` form.
         rotary: rotate queries/keys by position (the paper's Theta); needs an even head_dim.
         value_factor: value/gate width per head as a multiple of head_dim (paper: 2).
@@ -64,30 +61,16 @@ class RetNet(Mixer):
         norm_eps: float = 1e-5,
     ) -> None:
         super().__init__(d_model)
-        if n_heads is None:
-            n_heads = default_n_heads(d_model)
-        if not _is_int(n_heads) or n_heads <= 0:
-            raise ValueError(f"n_heads must be a positive int, got {n_heads!r}")
-        if d_model % n_heads:
-            raise ValueError(f"d_model ({d_model}) must be divisible by n_heads ({n_heads})")
-        head_dim = d_model // n_heads
-        if not isinstance(rotary, bool):
-            raise ValueError(f"rotary must be True or False, got {rotary!r}")
-        if rotary and head_dim % 2:
-            raise ValueError(
-                f"rotary=True needs an even head_dim (d_model / n_heads), got {head_dim}; "
-                "change n_heads or pass rotary=False"
-            )
-        if not _is_int(chunk_size) or chunk_size <= 0:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        rotary = options.boolean("rotary", rotary)
+        n_heads, head_dim = options.heads(d_model, n_heads, rotary=rotary)
+        chunk_size = options.positive_int("chunk_size", chunk_size)
         value_dim = value_factor * head_dim if isinstance(value_factor, (int, float)) else None
         if isinstance(value_factor, bool) or value_dim is None or value_dim < 1 or value_dim != int(value_dim):
             raise ValueError(
                 f"value_factor must be a positive number with value_factor * head_dim a whole number, "
                 f"got value_factor={value_factor!r} with head_dim={head_dim}"
             )
-        if not isinstance(norm_eps, (int, float)) or isinstance(norm_eps, bool) or norm_eps <= 0:
-            raise ValueError(f"norm_eps must be a positive number, got {norm_eps!r}")
+        norm_eps = options.number("norm_eps", norm_eps, minimum=0, strict=True)
 
         self.n_heads = n_heads
         self.head_dim = head_dim
@@ -146,14 +129,7 @@ class RetNet(Mixer):
         o = self.norm(o.reshape(-1, self.n_heads * self.value_dim)).view(*lead, -1)  # per token and head
         return self.o_proj(F.silu(self.g_proj(x)) * o)
 
-    def _check_state(self, state: torch.Tensor, batch: int) -> None:
-        expected = (batch, self.n_heads, self.head_dim, self.value_dim)
-        if not isinstance(state, torch.Tensor) or tuple(state.shape) != expected:
-            got = tuple(state.shape) if isinstance(state, torch.Tensor) else type(state).__name__
-            raise ValueError(f"RetNet state must be a tensor of shape {expected} [B, H, K, V], got {got}")
-
     def _forward(self, x: torch.Tensor, state: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_state(state, x.shape[0])
         q, k, v = (t.transpose(1, 2) for t in self._qkv(x))  # [B, H, T, K|V]
         log_gamma, theta = self._constants(x)
         if mode == "chunk":
@@ -165,7 +141,6 @@ class RetNet(Mixer):
         return self._output(x, o.transpose(1, 2)), state  # o: [B, T, H, V]
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._check_state(state, x_t.shape[0])
         q, k, v = self._qkv(x_t)  # [B, H, K|V]
         log_gamma, theta = self._constants(x_t)
         o, state = retention_step(q, k, v, log_gamma, theta, state)
