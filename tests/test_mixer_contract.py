@@ -12,12 +12,13 @@ A mixer is covered by registering it (``seqmix/mixers/registry.py``); nothing he
 
 from __future__ import annotations
 
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
 
-from seqmix import build_mixer, get_spec, list_mixers, map_state, state_numel, state_tensors
+from seqmix import build_mixer, get_spec, list_mixers, state_numel, state_tensors
+from seqmix.testing import assert_all_close, assert_close, fixed_weights, outputs_and_grads
 
 D_MODEL = 16
 NAMES = [spec.name for spec in list_mixers()]
@@ -32,15 +33,10 @@ def make_mixer(name: str, dtype: torch.dtype = torch.float64, **overrides):
     return build_mixer(name, d_model=D_MODEL, **options).to(dtype)
 
 
-def randn(*shape: int, dtype: torch.dtype, seed: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=g, dtype=torch.float64).to(dtype)
-
-
 def carried_state(mixer, batch: int, dtype: torch.dtype):
     """A realistic non-zero initial state: whatever the mixer holds after a random 5-token prefix."""
     with torch.no_grad():
-        _, state = mixer(randn(batch, 5, D_MODEL, dtype=dtype, seed=7))
+        _, state = mixer(fixed_weights((batch, 5, D_MODEL), dtype, 7))
     return state
 
 
@@ -52,57 +48,20 @@ def step_loop(mixer, x: torch.Tensor, state):
     return torch.stack(ys, dim=1), state
 
 
+GRAD_FLOOR = 1e-3  # a gradient below 1e-3 of the largest gradient of the same loss is compared absolutely
+
+
 def run_with_grads(mixer, x: torch.Tensor, state, run: Callable) -> dict[str, torch.Tensor]:
-    """Outputs, final state and the gradients of a fixed random functional of both.
-
-    The functional weights every output and state element with a fixed random number, so that a
-    difference anywhere in the backward pass shows up in some gradient.
-    """
-    x = x.detach().clone().requires_grad_(True)
-    if state is not None:
-        state = map_state(lambda t: t.detach().clone().requires_grad_(True), state)
-    y, final = run(mixer, x, state)
-    finals = state_tensors(final)
-    loss = (y * randn(*y.shape, dtype=y.dtype, seed=11)).sum()
-    for i, s in enumerate(finals):
-        loss = loss + (s * randn(*s.shape, dtype=s.dtype, seed=12 + i)).sum()
-    named = {"input x": x}
-    named.update({f"initial state[{i}]": s for i, s in enumerate(state_tensors(state))})
-    named.update({f"parameter {n}": p for n, p in mixer.named_parameters()})
-    grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
-    out = {"output y": y.detach()}
-    out.update({f"final state[{i}]": s.detach() for i, s in enumerate(finals)})
-    for (n, leaf), g in zip(named.items(), grads):
-        out[f"grad of {n}"] = torch.zeros_like(leaf) if g is None else g
-    return out
-
-
-def assert_close(label: str, actual: torch.Tensor, expected: torch.Tensor, tol: float, floor: float = 0.0) -> None:
-    """max |actual - expected| <= tol * max(max |expected|, floor): relative to the tensor's own scale.
-
-    ``floor`` keeps a gradient that is exactly zero in theory (e.g. the query weights when a single
-    key makes softmax identically 1) from being judged on pure rounding noise.
-    """
-    assert actual.shape == expected.shape, f"{label}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
-    assert actual.dtype == expected.dtype, f"{label}: dtype {actual.dtype} != {expected.dtype}"
-    if expected.numel() == 0:
-        return
-    assert torch.isfinite(actual).all(), f"{label}: non-finite values"
-    scale = max(expected.abs().max().item(), floor, torch.finfo(expected.dtype).tiny)
-    err = (actual - expected).abs().max().item()
-    assert err <= tol * scale, f"{label}: max abs error {err:.3e} exceeds {tol:.0e} x scale {scale:.3e}"
-
-
-GRADIENT_FLOOR = 1e-3  # a gradient below 1e-3 of the largest gradient of the same loss is compared absolutely
-
-
-def assert_all_close(what: str, actual: dict, expected: dict, tol: float) -> None:
-    assert actual.keys() == expected.keys(), f"{what}: different tensors {set(actual) ^ set(expected)}"
-    grads = [v for k, v in expected.items() if k.startswith("grad of") and v.numel()]
-    grad_floor = GRADIENT_FLOOR * max((g.abs().max().item() for g in grads), default=0.0)
-    for key in expected:
-        floor = grad_floor if key.startswith("grad of") else 0.0
-        assert_close(f"{what}: {key}", actual[key], expected[key], tol, floor)
+    """``run(mixer, x, state)``'s output y and final state, and the gradients (of a fixed random functional
+    of both) w.r.t. the input, the initial state tensors and every parameter, named for failure messages."""
+    n_state = len(state_tensors(mixer.init_state(x.shape[0])))
+    return outputs_and_grads(
+        lambda x_, s: run(mixer, x_, s),
+        {"input x": x, "initial state": state},
+        params={f"parameter {n}": p for n, p in mixer.named_parameters()},
+        output_names=["output y"] + [f"final state[{i}]" for i in range(n_state)],
+        seed=11,  # loss weights: seed 11 for y, 12 + i for final state[i]
+    )
 
 
 # --------------------------------------------------------------------------- invariants 1 and 4
@@ -112,7 +71,7 @@ def assert_all_close(what: str, actual: dict, expected: dict, tol: float) -> Non
 @pytest.mark.parametrize("name", NAMES)
 def test_every_mode_matches_step_loop(name, dtype, B, T, init):
     mixer = make_mixer(name, dtype)
-    x = randn(B, T, D_MODEL, dtype=dtype, seed=1)
+    x = fixed_weights((B, T, D_MODEL), dtype, 1)
     state = carried_state(mixer, B, dtype) if init == "carried" else None
     reference = run_with_grads(mixer, x, state, step_loop)
     if dtype == torch.float64 and init == "carried" and T > 1:
@@ -121,7 +80,8 @@ def test_every_mode_matches_step_loop(name, dtype, B, T, init):
     for mode in mixer.modes:
         result = run_with_grads(mixer, x, state, lambda m, x_, s: m(x_, s, mode=mode))
         assert result["output y"].dtype == dtype
-        assert_all_close(f"{name} mode={mode!r} vs step loop", result, reference, TOLERANCE[dtype])
+        what = f"{name} mode={mode!r} vs step loop"
+        assert_all_close(result, reference, TOLERANCE[dtype], what, grad_floor=GRAD_FLOOR)
 
 
 # --------------------------------------------------------------------------- invariant 2
@@ -129,7 +89,7 @@ def test_every_mode_matches_step_loop(name, dtype, B, T, init):
 def test_split_and_carry_equals_whole(name):
     mixer = make_mixer(name)
     B, T = 2, 40
-    x = randn(B, T, D_MODEL, dtype=torch.float64, seed=2)
+    x = fixed_weights((B, T, D_MODEL), torch.float64, 2)
     state0 = carried_state(mixer, B, torch.float64)
     with torch.no_grad():
         for mode in mixer.modes:
@@ -148,9 +108,9 @@ def test_split_and_carry_equals_whole(name):
 def test_causality(name):
     mixer = make_mixer(name)
     B, T, t = 2, 33, 10
-    x = randn(B, T, D_MODEL, dtype=torch.float64, seed=3)
+    x = fixed_weights((B, T, D_MODEL), torch.float64, 3)
     x2 = x.clone()
-    x2[:, t] += randn(B, D_MODEL, dtype=torch.float64, seed=4)
+    x2[:, t] += fixed_weights((B, D_MODEL), torch.float64, 4)
     with torch.no_grad():
         for mode in mixer.modes:
             y, _ = mixer(x, mode=mode)
@@ -171,7 +131,7 @@ def test_state_size_counts_what_is_held(name):
         assert t.dtype == torch.float64, f"{name}: init_state dtype {t.dtype} does not follow the parameters"
     with torch.no_grad():
         for L in (1, 5, 33):
-            _, state = mixer(randn(B, L, D_MODEL, dtype=torch.float64, seed=5))
+            _, state = mixer(fixed_weights((B, L, D_MODEL), torch.float64, 5))
             shapes = [tuple(s.shape) for s in state_tensors(state)]
             assert all(s[0] == B for s in shapes), f"{name}: every state tensor must be batch-first, got {shapes}"
             assert state_numel(state) == B * mixer.state_size(L), (
@@ -185,7 +145,7 @@ def test_state_size_counts_what_is_held(name):
 @pytest.mark.parametrize("name", NAMES)
 def test_sequences_in_a_batch_do_not_interact(name):
     mixer = make_mixer(name)
-    x = randn(3, 21, D_MODEL, dtype=torch.float64, seed=6)
+    x = fixed_weights((3, 21, D_MODEL), torch.float64, 6)
     with torch.no_grad():
         for mode in mixer.modes:
             y, _ = mixer(x, mode=mode)
@@ -249,7 +209,7 @@ def test_unknown_mixer_lists_known_ones():
 def test_inference_mode_then_training(name):
     """Decoding under inference_mode must not leave cached tensors that break a later backward."""
     mixer = make_mixer(name, torch.float32)
-    x = randn(2, 9, D_MODEL, dtype=torch.float32, seed=8)
+    x = fixed_weights((2, 9, D_MODEL), torch.float32, 8)
     with torch.inference_mode():
         y_inf, state = mixer(x)
         mixer.step(x[:, 0], state)

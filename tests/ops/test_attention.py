@@ -10,6 +10,7 @@ import torch
 from seqmix.mixers.attention import Attention, KVCache
 from seqmix.modules.rotary import apply_rotary, rotary_inv_freq
 from seqmix.ops.attention import attention_parallel, attention_recurrent, causal_cache_mask
+from seqmix.testing import assert_all_close, outputs_and_grads
 
 F64 = torch.float64
 
@@ -30,27 +31,12 @@ def _inputs(B, H, T, T0, K, V, scale=1.0, seed=0):
 
 
 def _run(fn, inp, causal):
-    """Outputs, final state and the gradients of every input for one weighted loss."""
-    o, (k_all, v_all) = fn(inp["q"], inp["k"], inp["v"], (inp["k_cache"], inp["v_cache"]), causal=causal)
-    # fixed weights so that every form sees the same loss
-    loss = sum(
-        (t * torch.linspace(-1.0, 1.0, t.numel(), dtype=F64).view_as(t)).sum() for t in (o, k_all, v_all)
+    """Outputs, final state and the gradients of every input for one fixed random loss."""
+    return outputs_and_grads(
+        lambda q, k, v, k_cache, v_cache: fn(q, k, v, (k_cache, v_cache), causal=causal),
+        inp,
+        output_names=["o", "k_all", "v_all"],
     )
-    names = list(inp)
-    grads = torch.autograd.grad(loss, [inp[n] for n in names], allow_unused=True)
-    out = {"o": o, "k_all": k_all, "v_all": v_all}
-    out.update({f"grad {n}": (g if g is not None else torch.zeros_like(inp[n])) for n, g in zip(names, grads)})
-    return out
-
-
-def _assert_close(got, want, what, rtol=1e-10):
-    for name in want:
-        a, b = got[name], want[name]
-        assert a.shape == b.shape, f"{what}: {name} shape {tuple(a.shape)} != {tuple(b.shape)}"
-        assert torch.isfinite(a).all(), f"{what}: {name} has non-finite values"
-        if b.numel():
-            err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
-            assert err <= rtol, f"{what}: {name} differs, relative error {err:.3e}"
 
 
 @pytest.mark.parametrize("causal", [True, False], ids=["causal", "bidirectional"])
@@ -59,13 +45,13 @@ def test_parallel_matches_reference(causal, T, T0):
     inp = _inputs(B=2, H=3, T=T, T0=T0, K=8, V=6)
     want = _run(attention_recurrent, inp, causal)
     got = _run(attention_parallel, inp, causal)
-    _assert_close(got, want, f"attention_parallel causal={causal} T={T} T0={T0}")
+    assert_all_close(got, want, 1e-10, f"attention_parallel causal={causal} T={T} T0={T0}")
 
 
 def test_parallel_matches_reference_with_saturated_softmax():
     # logits of order 1e3: the softmax is one-hot-like; both forms must stay finite and agree
     inp = _inputs(B=1, H=2, T=9, T0=3, K=8, V=8, scale=12.0, seed=1)
-    _assert_close(_run(attention_parallel, inp, True), _run(attention_recurrent, inp, True), "saturated")
+    assert_all_close(_run(attention_parallel, inp, True), _run(attention_recurrent, inp, True), 1e-10, "saturated")
 
 
 def test_reference_matches_textbook_formula():

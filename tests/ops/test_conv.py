@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from seqmix.modules.conv import CausalConv1d
+from seqmix.testing import assert_all_close, outputs_and_grads
 
 C = 5
 
@@ -50,28 +51,14 @@ def window_formula(conv, x, state):
 
 
 def run(conv: CausalConv1d, form: Callable, x: torch.Tensor, state: torch.Tensor) -> dict[str, torch.Tensor]:
-    x = x.clone().requires_grad_(True)
-    state = state.clone().requires_grad_(True)
-    y, new_state = form(conv, x, state)
-    g = torch.Generator().manual_seed(99)
-    w_y = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    w_s = torch.randn(new_state.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    loss = (y * w_y).sum() + (new_state * w_s).sum()
-    named = {"x": x, "conv_state": state, **dict(conv.named_parameters())}
-    grads = torch.autograd.grad(loss, list(named.values()), allow_unused=True)
-    out = {"output y": y.detach(), "new state": new_state.detach()}
-    out.update({f"grad of {n}": torch.zeros_like(p) if gr is None else gr for (n, p), gr in zip(named.items(), grads)})
-    return out
-
-
-def assert_all_close(actual: dict, expected: dict, tol: float, what: str) -> None:
-    assert actual.keys() == expected.keys()
-    for name, exp in expected.items():
-        act = actual[name]
-        assert act.shape == exp.shape, f"{what}: {name} has shape {tuple(act.shape)}, expected {tuple(exp.shape)}"
-        err = (act.double() - exp.double()).abs().max().item() if exp.numel() else 0.0
-        scale = max(exp.double().abs().max().item(), 1e-30) if exp.numel() else 1.0
-        assert err <= tol * scale, f"{what}: {name} differs by {err:.3e} (relative {err / scale:.3e} > {tol:.0e})"
+    """Outputs, new state and gradients of a fixed random functional of both w.r.t. x, the state and the
+    conv's parameters (``grad of weight``, ``grad of bias``)."""
+    return outputs_and_grads(
+        lambda x_, s: form(conv, x_, s),
+        {"x": x, "conv_state": state},
+        params=dict(conv.named_parameters()),
+        output_names=["output y", "new state"],
+    )
 
 
 # (B, T, K, bias): T = 1 and T < K - 1, T = K - 1, T > K, K = 1 (no history), K = 2, no bias

@@ -12,6 +12,7 @@ from seqmix.ops.linear_attention import (
     linear_attention_parallel,
     linear_attention_recurrent,
 )
+from seqmix.testing import assert_all_close, outputs_and_grads
 
 F64 = torch.float64
 
@@ -34,22 +35,10 @@ def _inputs(B=2, H=2, T=9, K=4, V=3, logit_scale=1.0, seed=0):
 
 
 def _run(fn, inp, **kw):
-    o, (S, z) = fn(inp["q"], inp["k"], inp["v"], (inp["S0"], inp["z0"]), **kw)
-    loss = sum((t * torch.linspace(-1.0, 2.0, t.numel(), dtype=F64).view_as(t)).sum() for t in (o, S, z))
-    names = list(inp)
-    grads = torch.autograd.grad(loss, [inp[n] for n in names], allow_unused=True)
-    out = {"o": o, "S": S, "z": z}
-    out.update({f"grad {n}": (g if g is not None else torch.zeros_like(inp[n])) for n, g in zip(names, grads)})
-    return out
-
-
-def _assert_close(got, want, what, rtol=1e-10):
-    for name in want:
-        a, b = got[name], want[name]
-        assert a.shape == b.shape, f"{what}: {name} shape {tuple(a.shape)} != {tuple(b.shape)}"
-        assert torch.isfinite(a).all(), f"{what}: {name} has non-finite values"
-        err = ((a - b).abs().max() / b.abs().max().clamp_min(1e-300)).item()
-        assert err <= rtol, f"{what}: {name} differs, relative error {err:.3e}"
+    """Outputs, final state and the gradients of every input for one fixed random loss."""
+    return outputs_and_grads(
+        lambda q, k, v, S0, z0: fn(q, k, v, (S0, z0), **kw), inp, output_names=["o", "S", "z"]
+    )
 
 
 FAST = {
@@ -65,7 +54,7 @@ def test_fast_forms_match_reference(form, normalize, T, C):
     inp = _inputs(T=T)
     want = _run(linear_attention_recurrent, inp, normalize=normalize)
     got = _run(FAST[form], inp, chunk_size=C, normalize=normalize)
-    _assert_close(got, want, f"{form} T={T} C={C} normalize={normalize}")
+    assert_all_close(got, want, 1e-10, f"{form} T={T} C={C} normalize={normalize}")
 
 
 @pytest.mark.parametrize("form", list(FAST))
@@ -74,7 +63,7 @@ def test_fast_forms_with_extreme_features(form, logit_scale):
     # huge logits: phi(x) spans ~1e-13..30, the normaliser is dominated by a few keys and tiny for others
     inp = _inputs(T=21, K=8, V=5, logit_scale=logit_scale, seed=3)
     want = _run(linear_attention_recurrent, inp)
-    _assert_close(_run(FAST[form], inp, chunk_size=8), want, f"{form} logit_scale={logit_scale}", rtol=1e-9)
+    assert_all_close(_run(FAST[form], inp, chunk_size=8), want, 1e-9, f"{form} logit_scale={logit_scale}")
 
 
 def test_tiny_normaliser_uses_eps():

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from seqmix.ops.mamba import selective_scan_chunked, selective_scan_recurrent
+from seqmix.testing import assert_all_close, outputs_and_grads
 
 ARGS = ("u", "delta", "A", "Bm", "Cm", "initial_state")
 D, N = 3, 4
@@ -38,27 +39,7 @@ def make_inputs(B: int, T: int, regime: str, dtype=torch.float64, seed: int = 0)
 
 def run(form: Callable, inputs: dict) -> dict[str, torch.Tensor]:
     """Outputs, final state and gradients of a fixed random functional of both w.r.t. every input."""
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items()}
-    y, h_last = form(*(leaves[n] for n in ARGS))
-    g = torch.Generator().manual_seed(99)
-    w_y = torch.randn(y.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    w_h = torch.randn(h_last.shape, generator=g, dtype=torch.float64).to(y.dtype)
-    loss = (y * w_y).sum() + (h_last * w_h).sum()
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    out = {"output y": y.detach(), "final state h_last": h_last.detach()}
-    out.update({f"grad of {n}": gr for n, gr in zip(leaves, grads)})
-    return out
-
-
-def assert_all_close(actual: dict, expected: dict, tol: float, what: str) -> None:
-    assert actual.keys() == expected.keys()
-    for name, exp in expected.items():
-        act = actual[name]
-        assert act.shape == exp.shape, f"{what}: {name} has shape {tuple(act.shape)}, expected {tuple(exp.shape)}"
-        assert torch.isfinite(act).all(), f"{what}: {name} has non-finite entries"
-        err = (act.double() - exp.double()).abs().max().item()
-        scale = max(exp.double().abs().max().item(), 1e-30)
-        assert err <= tol * scale, f"{what}: {name} differs by {err:.3e} (relative {err / scale:.3e} > {tol:.0e})"
+    return outputs_and_grads(form, {n: inputs[n] for n in ARGS}, output_names=["output y", "final state h_last"])
 
 
 # (B, T, chunk_size, regime): T = 1, C = 1, C > T, T a multiple / not a multiple of C, extreme step sizes,
@@ -89,6 +70,7 @@ def test_chunked_float32_matches_float64_reference():
     actual = run(partial(selective_scan_chunked, chunk_size=16), make_inputs(2, 77, "typical", dtype=torch.float32))
     for name, t in actual.items():
         assert t.dtype == torch.float32, f"{name} is {t.dtype}, expected float32"
+    expected = {n: t.float() for n, t in expected.items()}  # the float64 reference, rounded to float32
     assert_all_close(actual, expected, 1e-4, "float32 selective_scan_chunked")
 
 

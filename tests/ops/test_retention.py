@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import math
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable
 
 import pytest
 import torch
 
 from seqmix.modules.rotary import rotary_inv_freq, rotate_pairs
 from seqmix.ops.retention import retention_chunk, retention_parallel, retention_recurrent
+from seqmix.testing import assert_all_close, outputs_and_grads
 
 B, H, K, V = 2, 3, 8, 6
 ARGS = ("q", "k", "v", "log_gamma", "theta", "initial_state")
@@ -46,27 +47,7 @@ def make_inputs(T: int, decay: str, rotary: bool, dtype=torch.float64, seed: int
 
 def run(form: Callable, inputs: dict) -> dict[str, torch.Tensor]:
     """Outputs, final state and gradients of a fixed random functional of both w.r.t. every input."""
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items() if t is not None}
-    o, state = form(*(leaves.get(n) for n in ARGS))
-    g = torch.Generator().manual_seed(99)
-    w_o = torch.randn(o.shape, generator=g, dtype=torch.float64).to(o.dtype)
-    w_s = torch.randn(state.shape, generator=g, dtype=torch.float64).to(o.dtype)
-    loss = (o * w_o).sum() + (state * w_s).sum()
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    out = {"output o": o.detach(), "final_state": state.detach()}
-    out.update({f"grad of {n}": gr for n, gr in zip(leaves, grads)})
-    return out
-
-
-def assert_all_close(actual: dict, expected: dict, tol: float, what: str) -> None:
-    assert actual.keys() == expected.keys()
-    for name, exp in expected.items():
-        act = actual[name]
-        assert act.shape == exp.shape, f"{what}: {name} has shape {tuple(act.shape)}, expected {tuple(exp.shape)}"
-        assert torch.isfinite(act).all(), f"{what}: {name} has non-finite entries"
-        err = (act.double() - exp.double()).abs().max().item()
-        scale = max(exp.double().abs().max().item(), 1e-30)
-        assert err <= tol * scale, f"{what}: {name} differs by {err:.3e} (relative {err / scale:.3e} > {tol:.0e})"
+    return outputs_and_grads(form, {n: inputs[n] for n in ARGS}, output_names=["output o", "final_state"])
 
 
 FORMS = {
@@ -101,6 +82,7 @@ def test_fast_form_float32_stays_close_to_float64_reference(form: str) -> None:
     # Long sequence with decays near 1: errors would accumulate here if anything were unstable.
     T = 300
     expected = run(retention_recurrent, make_inputs(T, "near_one", True, torch.float64))
+    expected = {n: t.float() for n, t in expected.items()}  # the float64 reference, rounded to float32
     actual = run(FORMS[form](32), make_inputs(T, "near_one", True, torch.float32))
     assert_all_close(actual, expected, 1e-4, f"{form} float32 vs float64 reference")
 

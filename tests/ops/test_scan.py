@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from seqmix.ops.scan import blelloch_scan_, scan_chunked, scan_recurrent
+from seqmix.testing import assert_all_close, outputs_and_grads
 
 ARGS = ("log_a", "b", "initial_state")
 
@@ -40,27 +41,7 @@ def make_inputs(shape: tuple[int, ...], decay: str, dtype=torch.float64, seed: i
 
 def run(form: Callable, inputs: dict) -> dict[str, torch.Tensor]:
     """Outputs, final state and gradients of a fixed random functional of both w.r.t. every input."""
-    leaves = {n: t.detach().clone().requires_grad_(True) for n, t in inputs.items()}
-    h, h_last = form(*(leaves[n] for n in ARGS))
-    g = torch.Generator().manual_seed(99)
-    w_h = torch.randn(h.shape, generator=g, dtype=torch.float64).to(h.dtype)
-    w_last = torch.randn(h_last.shape, generator=g, dtype=torch.float64).to(h.dtype)
-    loss = (h * w_h).sum() + (h_last * w_last).sum()
-    grads = torch.autograd.grad(loss, list(leaves.values()))
-    out = {"output h": h.detach(), "final state h_last": h_last.detach()}
-    out.update({f"grad of {n}": gr for n, gr in zip(leaves, grads)})
-    return out
-
-
-def assert_all_close(actual: dict, expected: dict, tol: float, what: str) -> None:
-    assert actual.keys() == expected.keys()
-    for name, exp in expected.items():
-        act = actual[name]
-        assert act.shape == exp.shape, f"{what}: {name} has shape {tuple(act.shape)}, expected {tuple(exp.shape)}"
-        assert torch.isfinite(act).all(), f"{what}: {name} has non-finite entries"
-        err = (act.double() - exp.double()).abs().max().item()
-        scale = max(exp.double().abs().max().item(), 1e-30)
-        assert err <= tol * scale, f"{what}: {name} differs by {err:.3e} (relative {err / scale:.3e} > {tol:.0e})"
+    return outputs_and_grads(form, {n: inputs[n] for n in ARGS}, output_names=["output h", "final state h_last"])
 
 
 # (shape [B, T, *rest], chunk_size, decay): T = 1, C = 1, C > T, T a multiple / not a multiple of C,
@@ -94,6 +75,7 @@ def test_chunked_float32_matches_float64_reference(decay):
     actual = run(partial(scan_chunked, chunk_size=16), make_inputs(shape, decay, dtype=torch.float32))
     for name, t in actual.items():
         assert t.dtype == torch.float32, f"{name} is {t.dtype}, expected float32"
+    expected = {n: t.float() for n, t in expected.items()}  # the float64 reference, rounded to float32
     assert_all_close(actual, expected, 1e-4, f"float32 scan_chunked ({decay})")
 
 
