@@ -198,11 +198,36 @@ def test_registry_lists_the_foundation_mixers():
         assert spec.family and spec.paper, f"{spec.name}: family and paper are required"
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_unknown_option_lists_the_options(name):
+    with pytest.raises(TypeError, match="its options"):
+        build_mixer(name, d_model=D_MODEL, no_such_option=1)
+
+
 def test_unknown_mixer_lists_known_ones():
     with pytest.raises(KeyError, match="Known mixers: .*lstm"):
         build_mixer("lstn", d_model=8)
     with pytest.raises(KeyError, match="Did you mean 'lstm'"):
         build_mixer("lstn", d_model=8)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tensors_follow_the_input_device(name):
+    """Every mode, the carried state, ``step`` and backward run on the meta device.
+
+    A stand-in for a GPU on CPU-only machines: a tensor created on the CPU inside a form (a mask, a
+    position index, a constant) meets a meta tensor and raises a device-mismatch error.
+    """
+    mixer = make_mixer(name, torch.float32).to("meta")
+    x = torch.empty(2, 20, D_MODEL, device="meta", requires_grad=True)
+    for mode in mixer.modes:
+        y, state = mixer(x, mode=mode)
+        y2, state = mixer(x, state, mode=mode)
+        y_t, state = mixer.step(x[:, 0], state)
+        (y.sum() + y2.sum() + y_t.sum()).backward()
+        devices = {t.device.type for t in [y, y2, y_t, x.grad, *state_tensors(state)]}
+        devices |= {p.grad.device.type for p in mixer.parameters() if p.grad is not None}
+        assert devices == {"meta"}, f"{name} mode={mode!r}: results on {devices}"
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import inspect
 from dataclasses import dataclass, field
 from typing import Any
 
 from seqmix.mixers.base import Mixer
 
-__all__ = ["MixerSpec", "REGISTRY", "register", "get_spec", "list_mixers", "build_mixer"]
+__all__ = ["MixerSpec", "REGISTRY", "register", "get_spec", "list_mixers", "build_mixer", "mixer_options"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +64,19 @@ def list_mixers() -> list[MixerSpec]:
     return list(REGISTRY.values())
 
 
+def mixer_options(name: str) -> dict[str, Any]:
+    """The constructor options of mixer ``name`` (besides ``d_model``) and their defaults."""
+    params = inspect.signature(get_spec(name).cls.__init__).parameters
+    return {p.name: p.default for p in params.values() if p.name not in ("self", "d_model")}
+
+
 def build_mixer(name: str, d_model: int, **options: Any) -> Mixer:
     """A ready mixer module ``name`` of width ``d_model``; ``options`` override its defaults."""
+    accepted = mixer_options(name)
+    unknown = sorted(set(options) - set(accepted))
+    if unknown:
+        listing = ", ".join(f"{k}={v!r}" for k, v in accepted.items()) or "none"
+        raise TypeError(f"mixer {name!r} has no option(s) {', '.join(unknown)}; its options (defaults): {listing}")
     return get_spec(name).cls(d_model=d_model, **options)
 
 
