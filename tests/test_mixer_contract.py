@@ -23,7 +23,7 @@ from seqmix.testing import assert_all_close, assert_close, fixed_weights, output
 D_MODEL = 16
 NAMES = [spec.name for spec in list_mixers()]
 TOLERANCE = {torch.float64: 1e-10, torch.float32: 1e-4}
-SIZES = [(2, 63), (1, 1), (1, 20)]  # (B, T): T not a multiple of the chunk size, a single token, B = 1
+SIZES = [(2, 63), (2, 32), (1, 1), (1, 20)]  # (B, T): T not a multiple of the chunk size (16), a multiple, one token, B = 1
 
 
 # --------------------------------------------------------------------------- helpers
@@ -228,6 +228,27 @@ def test_tensors_follow_the_input_device(name):
         devices = {t.device.type for t in [y, y2, y_t, x.grad, *state_tensors(state)]}
         devices |= {p.grad.device.type for p in mixer.parameters() if p.grad is not None}
         assert devices == {"meta"}, f"{name} mode={mode!r}: results on {devices}"
+
+
+AUTOCAST_TOLERANCE = 3e-2  # bfloat16 keeps ~3 significant digits; relative to max |y| in float32
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_bfloat16_autocast(name):
+    """Under bf16 autocast every form runs forward and backward, the state keeps its float32 dtype
+    (recurrences accumulate in float32) and the output stays within AUTOCAST_TOLERANCE of float32."""
+    mixer = make_mixer(name, torch.float32)
+    x = fixed_weights((2, 40, D_MODEL), torch.float32, seed=9)
+    with torch.no_grad():
+        y32, _ = mixer(x)
+    for mode in mixer.modes:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            y, state = mixer(x, mode=mode)
+            y_t, state = mixer.step(x[:, 0], state)
+            (y.float().sum() + y_t.float().sum()).backward()
+        dtypes = {t.dtype for t in state_tensors(state)}
+        assert dtypes <= {torch.float32}, f"{name} mode={mode!r}: state dtypes {dtypes} under autocast"
+        assert_close(f"{name} mode={mode!r}: bf16 autocast vs float32", y.detach().float(), y32, AUTOCAST_TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -77,12 +77,16 @@ class Attention(Mixer):
                 nn.init.zeros_(proj.bias)
 
     # ------------------------------------------------------------------ helpers
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Project ``x: [B, T, D]`` to ``q, k, v: [B, H, T, head_dim]``."""
+    def _heads(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Project ``x: [B, T, D]`` to ``q, k, v: [B, H, T, head_dim]`` in the cache's ``dtype``.
+
+        Under autocast the projections come out in low precision; casting to the cache's dtype keeps
+        the state's dtype stable across modes and steps.
+        """
         B, T, _ = x.shape
 
         def split(y: torch.Tensor) -> torch.Tensor:
-            return y.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, K]
+            return y.view(B, T, self.n_heads, self.head_dim).transpose(1, 2).to(dtype)  # [B, H, T, K]
 
         return split(self.q_proj(x)), split(self.k_proj(x)), split(self.v_proj(x))
 
@@ -110,14 +114,14 @@ class Attention(Mixer):
                 f"continue from a cache; got a state holding {T0} tokens. Pass state=None, or build the "
                 "mixer with causal=True for streaming."
             )
-        q, k, v = self._heads(x)  # [B, H, T, K] each
+        q, k, v = self._heads(x, state.k.dtype)  # [B, H, T, K] each
         q, k = self._rotate(q, k, T0)
         op = attention_parallel if mode == "parallel" else attention_recurrent
         o, (k_all, v_all) = op(q, k, v, (state.k, state.v), causal=self.causal)
         return self._merge(o), KVCache(k_all, v_all)
 
     def _step(self, x_t: torch.Tensor, state: KVCache) -> tuple[torch.Tensor, KVCache]:
-        q, k, v = self._heads(x_t.unsqueeze(1))  # [B, H, 1, K] each
+        q, k, v = self._heads(x_t.unsqueeze(1), state.k.dtype)  # [B, H, 1, K] each
         q, k = self._rotate(q, k, state.k.shape[2])
         o_t, (k_all, v_all) = attention_step(q[:, :, 0], k[:, :, 0], v[:, :, 0], (state.k, state.v))
         return self._merge(o_t.unsqueeze(2))[:, 0], KVCache(k_all, v_all)

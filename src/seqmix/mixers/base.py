@@ -9,6 +9,10 @@ registered mixer.
 State is plain data: a tensor, or a (named) tuple of tensors, every tensor with the batch dimension
 first. No hidden module attributes hold sequence information, so a state can be detached, saved,
 sliced, concatenated along the batch and passed between processes.
+
+A state keeps the dtype it was created with (``init_state``'s, by default the input's). Under
+``torch.autocast`` the projections run in low precision while the recurrence accumulates in the
+state's dtype, so a float32 state stays float32 whichever mode or ``step`` produced it.
 """
 
 from __future__ import annotations

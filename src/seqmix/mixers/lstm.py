@@ -65,7 +65,8 @@ class LSTM(Mixer):
     def _forward(self, x: torch.Tensor, state: LSTMState, mode: str) -> tuple[torch.Tensor, LSTMState]:
         form = lstm_fused if mode == "fused" else lstm_recurrent
         h_all, (h, c) = form(x, *self._weights(), (state.h, state.c))  # h_all: [B, T, H]
-        return self._out(h_all), LSTMState(h, c)
+        # under autocast the fused kernel returns low-precision states; keep the state's own dtype
+        return self._out(h_all), LSTMState(h.to(state.h.dtype), c.to(state.c.dtype))
 
     def _step(self, x_t: torch.Tensor, state: LSTMState) -> tuple[torch.Tensor, LSTMState]:
         h, c = lstm_cell(x_t, *self._weights(), (state.h, state.c))

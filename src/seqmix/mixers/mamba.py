@@ -115,8 +115,9 @@ class Mamba(Mixer):
     def _forward(self, x: torch.Tensor, state: MambaState, mode: str) -> tuple[torch.Tensor, MambaState]:
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, d_inner] each
         xs, conv_state = self.conv(xs, state.conv)
-        xs, delta, Bm, Cm = self._ssm_inputs(xs)
-        A = -torch.exp(self.A_log)  # [d_inner, d_state]
+        # the recurrence accumulates in the state's dtype (float32 under bf16 autocast)
+        xs, delta, Bm, Cm = (t.to(state.ssm.dtype) for t in self._ssm_inputs(xs))
+        A = -torch.exp(self.A_log.to(state.ssm.dtype))  # [d_inner, d_state]
         if mode == "scan":
             y, ssm = selective_scan_chunked(xs, delta, A, Bm, Cm, state.ssm, self.chunk_size)
         else:
@@ -127,8 +128,9 @@ class Mamba(Mixer):
     def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # [B, d_inner] each
         xs, conv_state = self.conv.step(xs, state.conv)
-        xs, delta, B_t, C_t = self._ssm_inputs(xs)
-        y, ssm = selective_scan_step(xs, delta, -torch.exp(self.A_log), B_t, C_t, state.ssm)
+        xs, delta, B_t, C_t = (t.to(state.ssm.dtype) for t in self._ssm_inputs(xs))
+        A = -torch.exp(self.A_log.to(state.ssm.dtype))  # [d_inner, d_state]
+        y, ssm = selective_scan_step(xs, delta, A, B_t, C_t, state.ssm)
         y = (y + xs * self.D) * F.silu(z)  # [B, d_inner]
         return self.out_proj(y), MambaState(conv_state, ssm)
 

@@ -61,7 +61,8 @@ class MinGRU(Mixer):
         return -F.softplus(u), torch.sigmoid(u) * h_tilde
 
     def _forward(self, x: torch.Tensor, state: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        log_a, b = self._gates(x)  # [B, T, d_hidden] each
+        # the recurrence accumulates in the state's dtype (float32 under bf16 autocast)
+        log_a, b = (t.to(state.dtype) for t in self._gates(x))  # [B, T, d_hidden] each
         if mode == "scan":
             h, h_last = scan_chunked(log_a, b, state, self.chunk_size)
         else:
@@ -69,7 +70,7 @@ class MinGRU(Mixer):
         return self.out_proj(h), h_last
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        log_a, b = self._gates(x_t)  # [B, d_hidden] each
+        log_a, b = (t.to(state.dtype) for t in self._gates(x_t))  # [B, d_hidden] each
         h = scan_step(log_a, b, state)
         return self.out_proj(h), h
 
