@@ -13,7 +13,7 @@ from typing import Any, NamedTuple, Optional
 import torch
 from torch import nn
 
-from seqmix.mixers import options
+from seqmix import options
 from seqmix.mixers.base import Mixer
 from seqmix.modules.rotary import apply_rotary, rotary_inv_freq
 from seqmix.ops.attention import attention_parallel, attention_recurrent, attention_step

@@ -13,7 +13,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
-from seqmix.mixers import options
+from seqmix import options
 from seqmix.mixers.base import Mixer
 from seqmix.ops.linear_attention import (
     elu_feature_map,

@@ -8,6 +8,7 @@ from typing import NamedTuple, Optional
 import torch
 from torch import nn
 
+from seqmix import options
 from seqmix.mixers.base import Mixer
 from seqmix.ops.lstm import lstm_cell, lstm_fused, lstm_recurrent
 
@@ -35,9 +36,9 @@ class LSTM(Mixer):
         self, d_model: int, d_hidden: Optional[int] = None, forget_bias: float = 1.0, out_proj: bool = False
     ) -> None:
         super().__init__(d_model)
-        d_hidden = d_model if d_hidden is None else d_hidden
-        if not isinstance(d_hidden, int) or d_hidden <= 0:
-            raise ValueError(f"d_hidden must be a positive int, got {d_hidden!r}")
+        d_hidden = options.positive_int("d_hidden", d_model if d_hidden is None else d_hidden)
+        forget_bias = options.number("forget_bias", forget_bias)
+        out_proj = options.boolean("out_proj", out_proj)
         self.d_hidden = d_hidden
         H = d_hidden
         self.weight_ih = nn.Parameter(torch.empty(4 * H, d_model))

@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix import options
 from seqmix.mixers.base import Mixer
 from seqmix.modules.conv import CausalConv1d
 from seqmix.ops.mamba import selective_scan_chunked, selective_scan_recurrent, selective_scan_step
@@ -36,12 +37,6 @@ class MambaState(NamedTuple):
 
     conv: torch.Tensor  # [B, d_inner, d_conv - 1], the last d_conv - 1 conv inputs
     ssm: torch.Tensor  # [B, d_inner, d_state], the SSM state h
-
-
-def _positive_int(name: str, value, what: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ValueError(f"{name} must be a positive int ({what}), got {value!r}")
-    return value
 
 
 class Mamba(Mixer):
@@ -67,17 +62,17 @@ class Mamba(Mixer):
         bias: bool = False,
     ) -> None:
         super().__init__(d_model)
-        self.d_state = _positive_int("d_state", d_state, "the SSM state size N per channel")
-        self.d_conv = _positive_int("d_conv", d_conv, "the short conv kernel size; 1 disables mixing")
-        self.expand = _positive_int("expand", expand, "d_inner = expand * d_model")
+        self.d_state = options.positive_int("d_state", d_state, "the SSM state size N per channel")
+        self.d_conv = options.positive_int("d_conv", d_conv, "the short conv kernel size; 1 disables mixing")
+        self.expand = options.positive_int("expand", expand, "d_inner = expand * d_model")
         if dt_rank is None:
             dt_rank = math.ceil(d_model / 16)
-        self.dt_rank = _positive_int("dt_rank", dt_rank, "None means ceil(d_model / 16)")
+        self.dt_rank = options.positive_int("dt_rank", dt_rank, "None means ceil(d_model / 16)")
         self.chunk_size = check_chunk_size(chunk_size)
-        if not (0 < dt_min <= dt_max):
-            raise ValueError(f"need 0 < dt_min <= dt_max for the step-size init, got dt_min={dt_min}, dt_max={dt_max}")
-        if not dt_init_floor > 0:
-            raise ValueError(f"dt_init_floor must be > 0, got {dt_init_floor}")
+        dt_min = options.number("dt_min", dt_min, minimum=0, strict=True)
+        dt_max = options.number("dt_max", dt_max, minimum=dt_min, hint="the step-size init range is [dt_min, dt_max]")
+        dt_init_floor = options.number("dt_init_floor", dt_init_floor, minimum=0, strict=True)
+        conv_bias, bias = options.boolean("conv_bias", conv_bias), options.boolean("bias", bias)
         self.d_inner = d_inner = self.expand * d_model
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)

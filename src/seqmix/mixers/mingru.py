@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix import options
 from seqmix.mixers.base import Mixer
 from seqmix.ops.scan import check_chunk_size, scan_chunked, scan_recurrent, scan_step
 
@@ -41,8 +42,8 @@ class MinGRU(Mixer):
 
     def __init__(self, d_model: int, expansion: float = 1.5, chunk_size: int = 64, bias: bool = True) -> None:
         super().__init__(d_model)
-        if isinstance(expansion, bool) or not isinstance(expansion, (int, float)) or not expansion > 0:
-            raise ValueError(f"expansion must be a positive number (d_hidden = expansion * d_model), got {expansion!r}")
+        expansion = options.number("expansion", expansion, minimum=0, strict=True, hint="d_hidden = expansion * d_model")
+        bias = options.boolean("bias", bias)
         d_hidden = round(expansion * d_model)
         if d_hidden < 1:
             raise ValueError(

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from seqmix.mixers import options
+from seqmix import options
 from seqmix.mixers.base import Mixer
 from seqmix.modules.rotary import rotary_inv_freq
 from seqmix.ops.retention import retention_chunk, retention_parallel, retention_recurrent, retention_step

@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from seqmix import options
+
 __all__ = ["CausalConv1d"]
 
 
@@ -27,10 +29,8 @@ class CausalConv1d(nn.Module):
 
     def __init__(self, channels: int, kernel_size: int = 4, bias: bool = True) -> None:
         super().__init__()
-        if not isinstance(channels, int) or isinstance(channels, bool) or channels <= 0:
-            raise ValueError(f"channels must be a positive int, got {channels!r}")
-        if not isinstance(kernel_size, int) or isinstance(kernel_size, bool) or kernel_size <= 0:
-            raise ValueError(f"kernel_size must be a positive int (1 means no mixing over time), got {kernel_size!r}")
+        channels = options.positive_int("channels", channels)
+        kernel_size = options.positive_int("kernel_size", kernel_size, "1 means no mixing over time")
         self.channels = channels
         self.kernel_size = kernel_size
         self.weight = nn.Parameter(torch.empty(channels, 1, kernel_size))  # [C, 1, K], the F.conv1d layout
