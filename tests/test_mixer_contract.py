@@ -12,6 +12,8 @@ A mixer is covered by registering it (``seqmix/mixers/registry.py``); nothing he
 
 from __future__ import annotations
 
+import contextlib
+import copy
 from typing import Callable
 
 import pytest
@@ -249,6 +251,41 @@ def test_bfloat16_autocast(name):
         dtypes = {t.dtype for t in state_tensors(state)}
         assert dtypes <= {torch.float32}, f"{name} mode={mode!r}: state dtypes {dtypes} under autocast"
         assert_close(f"{name} mode={mode!r}: bf16 autocast vs float32", y.detach().float(), y32, AUTOCAST_TOLERANCE)
+
+
+LOW_PRECISION_TOLERANCE = 5e-2  # relative to max |y| of the float64 computation with the same weights
+
+
+@pytest.mark.parametrize("precision", ["bfloat16 model", "float16 autocast"])
+@pytest.mark.parametrize("name", NAMES)
+def test_long_sequence_in_low_precision(name, precision):
+    """T = 2100 in a bfloat16 model or under float16 autocast stays close to float64.
+
+    Long enough that positions exceed bfloat16's exact integers (256), that a decay rounded to 1 shows,
+    and that a running normaliser of order K * t passes float16's maximum (65504) at d_model 128.
+    """
+    B, T, d = 1, 2100, 128
+    torch.manual_seed(0)
+    mixer = build_mixer(name, d_model=d, **get_spec(name).test_options)
+    x = fixed_weights((B, T, d), torch.float32, seed=10)
+    if precision == "bfloat16 model":
+        mixer, x = mixer.to(torch.bfloat16), x.to(torch.bfloat16)
+        context = contextlib.nullcontext()
+    else:
+        context = torch.autocast("cpu", dtype=torch.float16)
+    reference = copy.deepcopy(mixer).double()
+    with torch.no_grad():
+        y64, state64 = reference(x.double())
+        y64_next, _ = reference.step(x[:, -1].double(), state64)
+        for mode in mixer.modes:
+            with context:
+                y, state = mixer(x, mode=mode)
+                y_next, _ = mixer.step(x[:, -1], state)
+            what = f"{name} mode={mode!r} in {precision}"
+            assert_close(f"{what}: output y", y.double(), y64, LOW_PRECISION_TOLERANCE)
+            # late outputs are often smaller than early ones: judge the tail on its own scale too
+            assert_close(f"{what}: last 256 outputs", y[:, -256:].double(), y64[:, -256:], LOW_PRECISION_TOLERANCE)
+            assert_close(f"{what}: step after the sequence", y_next.double(), y64_next, LOW_PRECISION_TOLERANCE)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -41,6 +41,7 @@ class Attention(Mixer):
     """
 
     modes = ("parallel", "recurrent")
+    min_state_dtype = None  # the cache stores keys and values; it accumulates nothing
 
     def __init__(
         self,

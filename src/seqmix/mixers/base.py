@@ -17,6 +17,7 @@ state's dtype, so a float32 state stays float32 whichever mode or ``step`` produ
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any, ClassVar, Optional
 
 import torch
@@ -24,7 +25,19 @@ from torch import nn
 
 from seqmix.state import State, state_tensors
 
-__all__ = ["Mixer", "State"]
+__all__ = ["Mixer", "State", "full_precision"]
+
+
+def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``x``'s device: recurrences and their matmuls run in the state's dtype.
+
+    A mixer's projections may run in bfloat16/float16 under autocast; the part that accumulates over
+    time (a running sum, a normaliser that grows with t) must not, or it loses precision or overflows.
+    """
+    try:
+        return torch.autocast(x.device.type, enabled=False)
+    except RuntimeError:  # a device type without autocast support (e.g. meta): nothing to switch off
+        return contextlib.nullcontext()
 
 
 class Mixer(nn.Module):
@@ -39,6 +52,10 @@ class Mixer(nn.Module):
     modes: ClassVar[tuple[str, ...]] = ()
     #: True when output t depends only on inputs <= t (required for ``step``)
     causal: bool = True
+    #: states are at least this precise, so that recurrences accumulating over many steps run in float32
+    #: even when the model computes in bfloat16/float16; None: the state takes the compute dtype (a KV
+    #: cache, which only stores values, or a fused kernel that dictates its own precision)
+    min_state_dtype: ClassVar[Optional[torch.dtype]] = torch.float32
 
     def __init__(self, d_model: int) -> None:
         super().__init__()
@@ -57,7 +74,7 @@ class Mixer(nn.Module):
         self._check_input(x, ndim=3, what="x", layout="[batch, time, d_model]")
         mode = self.resolve_mode(mode)
         if state is None:
-            state = self.init_state(x.shape[0], device=x.device, dtype=x.dtype)
+            state = self.init_state(x.shape[0], device=x.device, dtype=self.state_dtype(x.dtype))
         else:
             state = self.check_state(state, x.shape[0])
         return self._forward(x, state, mode)
@@ -71,7 +88,7 @@ class Mixer(nn.Module):
             )
         self._check_input(x_t, ndim=2, what="x_t", layout="[batch, d_model]")
         if state is None:
-            state = self.init_state(x_t.shape[0], device=x_t.device, dtype=x_t.dtype)
+            state = self.init_state(x_t.shape[0], device=x_t.device, dtype=self.state_dtype(x_t.dtype))
         else:
             state = self.check_state(state, x_t.shape[0])
         return self._step(x_t, state)
@@ -123,6 +140,12 @@ class Mixer(nn.Module):
             self.__dict__["_seqmix_state_layout"] = layout
         return layout
 
+    def state_dtype(self, compute_dtype: torch.dtype) -> torch.dtype:
+        """The dtype of a fresh state for inputs of ``compute_dtype`` (see ``min_state_dtype``)."""
+        if self.min_state_dtype is None:
+            return compute_dtype
+        return torch.promote_types(compute_dtype, self.min_state_dtype)
+
     def resolve_mode(self, mode: Optional[str]) -> str:
         """Return ``mode`` or the default one; reject a mode this mixer does not offer."""
         if mode is None:
@@ -146,7 +169,10 @@ class Mixer(nn.Module):
 
     def _state_factory(self, device: Any, dtype: Any) -> dict[str, Any]:
         p = self._param_like()
-        return {"device": p.device if device is None else device, "dtype": p.dtype if dtype is None else dtype}
+        return {
+            "device": p.device if device is None else device,
+            "dtype": self.state_dtype(p.dtype) if dtype is None else dtype,
+        }
 
     def _check_input(self, x: Any, *, ndim: int, what: str, layout: str) -> None:
         if not isinstance(x, torch.Tensor):

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from seqmix import options
-from seqmix.mixers.base import Mixer
+from seqmix.mixers.base import Mixer, full_precision
 from seqmix.ops.linear_attention import (
     elu_feature_map,
     linear_attention_chunk,
@@ -77,12 +77,13 @@ class LinearAttention(Mixer):
             nn.init.xavier_uniform_(proj.weight)
 
     # ------------------------------------------------------------------ helpers
-    def _heads(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """``x: [B, T, D]`` -> feature-mapped ``q, k`` and ``v``, each ``[B, H, T, head_dim]``."""
+    def _heads(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``x: [B, T, D]`` -> feature-mapped ``q, k`` and ``v``, each ``[B, H, T, head_dim]`` in the
+        state's ``dtype`` (the normaliser grows like t and would overflow float16)."""
         B, T, _ = x.shape
 
         def split(y: torch.Tensor) -> torch.Tensor:
-            return y.view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # [B, H, T, K]
+            return y.view(B, T, self.n_heads, self.head_dim).transpose(1, 2).to(dtype)  # [B, H, T, K]
 
         q = elu_feature_map(split(self.q_proj(x)))
         k = elu_feature_map(split(self.k_proj(x)))
@@ -97,22 +98,24 @@ class LinearAttention(Mixer):
     def _forward(
         self, x: torch.Tensor, state: LinearAttentionState, mode: str
     ) -> tuple[torch.Tensor, LinearAttentionState]:
-        q, k, v = self._heads(x)  # [B, H, T, K] each
+        q, k, v = self._heads(x, state.S.dtype)  # [B, H, T, K] each
         opts = {"normalize": self.normalize, "eps": self.eps}
-        if mode == "chunk":
-            o, (S, z) = linear_attention_chunk(q, k, v, tuple(state), chunk_size=self.chunk_size, **opts)
-        elif mode == "parallel":
-            o, (S, z) = linear_attention_parallel(q, k, v, tuple(state), **opts)
-        else:
-            o, (S, z) = linear_attention_recurrent(q, k, v, tuple(state), **opts)
-        return self._merge(o), LinearAttentionState(S, z)
+        with full_precision(x):
+            if mode == "chunk":
+                o, (S, z) = linear_attention_chunk(q, k, v, tuple(state), chunk_size=self.chunk_size, **opts)
+            elif mode == "parallel":
+                o, (S, z) = linear_attention_parallel(q, k, v, tuple(state), **opts)
+            else:
+                o, (S, z) = linear_attention_recurrent(q, k, v, tuple(state), **opts)
+        return self._merge(o.to(x.dtype)), LinearAttentionState(S, z)
 
     def _step(self, x_t: torch.Tensor, state: LinearAttentionState) -> tuple[torch.Tensor, LinearAttentionState]:
-        q, k, v = self._heads(x_t.unsqueeze(1))  # [B, H, 1, K] each
-        o_t, (S, z) = linear_attention_step(
-            q[:, :, 0], k[:, :, 0], v[:, :, 0], tuple(state), normalize=self.normalize, eps=self.eps
-        )
-        return self._merge(o_t.unsqueeze(2))[:, 0], LinearAttentionState(S, z)
+        q, k, v = self._heads(x_t.unsqueeze(1), state.S.dtype)  # [B, H, 1, K] each
+        with full_precision(x_t):
+            o_t, (S, z) = linear_attention_step(
+                q[:, :, 0], k[:, :, 0], v[:, :, 0], tuple(state), normalize=self.normalize, eps=self.eps
+            )
+        return self._merge(o_t.unsqueeze(2).to(x_t.dtype))[:, 0], LinearAttentionState(S, z)
 
     def init_state(
         self,

@@ -31,6 +31,7 @@ class LSTM(Mixer):
     """
 
     modes = ("fused", "recurrent")
+    min_state_dtype = None  # the fused kernel computes h and c in the weights' dtype
 
     def __init__(
         self, d_model: int, d_hidden: Optional[int] = None, forget_bias: float = 1.0, out_proj: bool = False

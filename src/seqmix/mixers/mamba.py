@@ -81,6 +81,9 @@ class Mamba(Mixer):
         self.dt_proj = nn.Linear(self.dt_rank, d_inner, bias=True)
         self.A_log = nn.Parameter(torch.empty(d_inner, self.d_state))  # [d_inner, d_state]
         self.D = nn.Parameter(torch.empty(d_inner))  # [d_inner]
+        # as in the reference implementation: A_log and D are not weight-decayed (a trainer reads this flag)
+        self.A_log._no_weight_decay = True  # type: ignore[attr-defined]
+        self.D._no_weight_decay = True  # type: ignore[attr-defined]
         self.out_proj = nn.Linear(d_inner, d_model, bias=bias)
         self._init_ssm(dt_min, dt_max, dt_init_floor)
 
@@ -118,7 +121,7 @@ class Mamba(Mixer):
         else:
             y, ssm = selective_scan_recurrent(xs, delta, A, Bm, Cm, state.ssm)
         y = (y + xs * self.D) * F.silu(z)  # [B, T, d_inner]
-        return self.out_proj(y), MambaState(conv_state, ssm)
+        return self.out_proj(y.to(x.dtype)), MambaState(conv_state, ssm)
 
     def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # [B, d_inner] each
@@ -127,7 +130,7 @@ class Mamba(Mixer):
         A = -torch.exp(self.A_log.to(state.ssm.dtype))  # [d_inner, d_state]
         y, ssm = selective_scan_step(xs, delta, A, B_t, C_t, state.ssm)
         y = (y + xs * self.D) * F.silu(z)  # [B, d_inner]
-        return self.out_proj(y), MambaState(conv_state, ssm)
+        return self.out_proj(y.to(x_t.dtype)), MambaState(conv_state, ssm)
 
     def init_state(
         self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None

@@ -68,12 +68,12 @@ class MinGRU(Mixer):
             h, h_last = scan_chunked(log_a, b, state, self.chunk_size)
         else:
             h, h_last = scan_recurrent(log_a, b, state)
-        return self.out_proj(h), h_last
+        return self.out_proj(h.to(x.dtype)), h_last
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_a, b = (t.to(state.dtype) for t in self._gates(x_t))  # [B, d_hidden] each
         h = scan_step(log_a, b, state)
-        return self.out_proj(h), h
+        return self.out_proj(h.to(x_t.dtype)), h
 
     def init_state(
         self, batch_size: int, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None

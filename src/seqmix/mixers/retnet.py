@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from seqmix import options
-from seqmix.mixers.base import Mixer
+from seqmix.mixers.base import Mixer, full_precision
 from seqmix.modules.rotary import rotary_inv_freq
 from seqmix.ops.retention import retention_chunk, retention_parallel, retention_recurrent, retention_step
 
@@ -39,7 +39,9 @@ class RetNet(Mixer):
 
     Args:
         d_model: model width.
-        n_heads: retention heads; default: heads of about 64 channels.
+        n_heads: retention heads; default: key heads of about 256 channels, the head size of the
+            authors' reference configurations (768 wide with 3 heads up to 8192 with 32). Narrower heads
+            mean more heads, and gamma_h = 1 - 2^(-5-h) then runs towards 1 (no decay) for late heads.
         chunk_size: chunk length of the ``"chunk"`` form.
         rotary: rotate queries/keys by position (the paper's Theta); needs an even head_dim.
         value_factor: value/gate width per head as a multiple of head_dim (paper: 2).
@@ -62,7 +64,7 @@ class RetNet(Mixer):
     ) -> None:
         super().__init__(d_model)
         rotary = options.boolean("rotary", rotary)
-        n_heads, head_dim = options.heads(d_model, n_heads, rotary=rotary)
+        n_heads, head_dim = options.heads(d_model, n_heads, rotary=rotary, default_head_dim=256)
         chunk_size = options.positive_int("chunk_size", chunk_size)
         value_dim = value_factor * head_dim if isinstance(value_factor, (int, float)) else None
         if isinstance(value_factor, bool) or value_dim is None or value_dim < 1 or value_dim != int(value_dim):
@@ -111,17 +113,19 @@ class RetNet(Mixer):
         return self.n_heads * self.head_dim * self.value_dim
 
     # ------------------------------------------------------------------ forms
-    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Projections for ``x: [..., D]`` -> q, k ``[..., H, K]``, v ``[..., H, V]``."""
+    def _qkv(self, x: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projections for ``x: [..., D]`` -> q, k ``[..., H, K]``, v ``[..., H, V]`` in the state's ``dtype``."""
         lead = x.shape[:-1]
         q = self.q_proj(x).view(*lead, self.n_heads, self.head_dim)
         # The paper's 1/sqrt(d) score scaling, applied to the keys.
         k = (self.k_proj(x) * self.head_dim**-0.5).view(*lead, self.n_heads, self.head_dim)
         v = self.v_proj(x).view(*lead, self.n_heads, self.value_dim)
-        return q, k, v
+        return q.to(dtype), k.to(dtype), v.to(dtype)
 
-    def _constants(self, x: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
-        return _retention_constants(self.n_heads, self.head_dim, self.rotary, x.device, x.dtype)
+    def _constants(self, state: torch.Tensor) -> tuple[torch.Tensor, Optional[torch.Tensor]]:
+        """Decays and rotation frequencies in the state's dtype (at least float32 by default: positions
+        times frequencies and gamma^n lose their meaning in bfloat16)."""
+        return _retention_constants(self.n_heads, self.head_dim, self.rotary, state.device, state.dtype)
 
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Gate, normalise and project the retention output ``o: [..., H, V]`` of input ``x: [..., D]``."""
@@ -130,21 +134,23 @@ class RetNet(Mixer):
         return self.o_proj(F.silu(self.g_proj(x)) * o)
 
     def _forward(self, x: torch.Tensor, state: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v = (t.transpose(1, 2) for t in self._qkv(x))  # [B, H, T, K|V]
-        log_gamma, theta = self._constants(x)
-        if mode == "chunk":
-            o, state = retention_chunk(q, k, v, log_gamma, theta, state, self.chunk_size)
-        elif mode == "parallel":
-            o, state = retention_parallel(q, k, v, log_gamma, theta, state)
-        else:  # "recurrent": the reference loop
-            o, state = retention_recurrent(q, k, v, log_gamma, theta, state)
-        return self._output(x, o.transpose(1, 2)), state  # o: [B, T, H, V]
+        q, k, v = (t.transpose(1, 2) for t in self._qkv(x, state.dtype))  # [B, H, T, K|V]
+        log_gamma, theta = self._constants(state)
+        with full_precision(x):
+            if mode == "chunk":
+                o, state = retention_chunk(q, k, v, log_gamma, theta, state, self.chunk_size)
+            elif mode == "parallel":
+                o, state = retention_parallel(q, k, v, log_gamma, theta, state)
+            else:  # "recurrent": the reference loop
+                o, state = retention_recurrent(q, k, v, log_gamma, theta, state)
+        return self._output(x, o.transpose(1, 2).to(x.dtype)), state  # o: [B, T, H, V]
 
     def _step(self, x_t: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        q, k, v = self._qkv(x_t)  # [B, H, K|V]
-        log_gamma, theta = self._constants(x_t)
-        o, state = retention_step(q, k, v, log_gamma, theta, state)
-        return self._output(x_t, o), state
+        q, k, v = self._qkv(x_t, state.dtype)  # [B, H, K|V]
+        log_gamma, theta = self._constants(state)
+        with full_precision(x_t):
+            o, state = retention_step(q, k, v, log_gamma, theta, state)
+        return self._output(x_t, o.to(x_t.dtype)), state
 
     def extra_repr(self) -> str:
         return (

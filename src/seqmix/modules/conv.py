@@ -67,10 +67,11 @@ class CausalConv1d(nn.Module):
         if conv_state is None:
             conv_state = self.init_state(B, device=x.device, dtype=x.dtype)
         self._check_state(conv_state, B)
-        window = torch.cat([conv_state, x.transpose(1, 2)], dim=2)  # [B, C, K-1+T]
+        # the window is in the input's dtype; the state keeps its own (it may be more precise)
+        window = torch.cat([conv_state.to(x.dtype), x.transpose(1, 2)], dim=2)  # [B, C, K-1+T]
         y = F.conv1d(window, self.weight, self.bias, groups=self.channels)  # [B, C, T]
         # [B, C, K-1], the last K-1 inputs; a copy, so the state does not keep the whole window alive
-        new_state = window[:, :, window.shape[2] - (self.kernel_size - 1) :].contiguous()
+        new_state = window[:, :, window.shape[2] - (self.kernel_size - 1) :].to(conv_state.dtype, copy=True)
         return y.transpose(1, 2), new_state
 
     def step(self, x_t: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -78,11 +79,11 @@ class CausalConv1d(nn.Module):
         if x_t.ndim != 2 or x_t.shape[-1] != self.channels:
             raise ValueError(f"x_t must have shape [B, {self.channels}], got {tuple(x_t.shape)}")
         self._check_state(conv_state, x_t.shape[0])
-        window = torch.cat([conv_state, x_t.unsqueeze(2)], dim=2)  # [B, C, K]
+        window = torch.cat([conv_state.to(x_t.dtype), x_t.unsqueeze(2)], dim=2)  # [B, C, K]
         y_t = (window * self.weight[:, 0, :]).sum(dim=2)  # [B, C]
         if self.bias is not None:
             y_t = y_t + self.bias
-        return y_t, window[:, :, 1:].contiguous()
+        return y_t.to(x_t.dtype), window[:, :, 1:].to(conv_state.dtype, copy=True)
 
     def extra_repr(self) -> str:
         return f"channels={self.channels}, kernel_size={self.kernel_size}, bias={self.bias is not None}"

@@ -26,13 +26,21 @@ def rotary_inv_freq(
 
 
 def rotate_pairs(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate the half-split pairs of ``x: [..., K]`` by ``angles: [..., K/2]`` (broadcast)."""
+    """Rotate the half-split pairs of ``x: [..., K]`` by ``angles: [..., K/2]`` (broadcast).
+
+    cos and sin are taken in the angles' dtype and only then cast to ``x``'s: an angle of a few
+    thousand radians in bfloat16 is off by several radians, its cosine meaningless.
+    """
     x1, x2 = x.chunk(2, dim=-1)
-    cos, sin = angles.cos(), angles.sin()
+    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     return torch.cat((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1)
 
 
 def apply_rotary(x: torch.Tensor, positions: torch.Tensor, inv_freq: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x: [B, H, T, K]`` for ``positions: [T]`` (any real numbers) with ``inv_freq: [K/2]``."""
-    angles = positions.to(inv_freq.dtype)[:, None] * inv_freq[None, :]  # [T, K/2]
-    return rotate_pairs(x, angles.to(x.dtype))
+    """Rotate ``x: [B, H, T, K]`` for ``positions: [T]`` (any real numbers) with ``inv_freq: [K/2]``.
+
+    Angles are formed in at least float32 whatever the dtypes of ``x`` and ``inv_freq``.
+    """
+    angle_dtype = torch.promote_types(inv_freq.dtype, torch.float32)
+    angles = positions.to(angle_dtype)[:, None] * inv_freq.to(angle_dtype)[None, :]  # [T, K/2]
+    return rotate_pairs(x, angles)
