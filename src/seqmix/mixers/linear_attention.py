@@ -4,6 +4,9 @@ Transformers with Linear Attention", ICML 2020).
 Multi-head attention whose softmax kernel is replaced by ``phi(q)^T phi(k)`` with
 ``phi(x) = elu(x) + 1``, so that causal attention becomes a recurrence on a fixed-size state
 ``(S [B, H, K, V], z [B, H, K])``. The math is in ``seqmix.ops.linear_attention``.
+
+The four projections have no bias (the authors' library keeps ``nn.Linear``'s default bias); with a
+pre-norm block around the mixer a bias adds little, and bias-free projections match the other mixers.
 """
 
 from __future__ import annotations

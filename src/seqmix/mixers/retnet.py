@@ -14,6 +14,10 @@ The math of retention (and of the position-free rotating-frame state) lives in
 Keys and queries have ``head_dim = d_model / n_heads`` features per head; values and the gate have
 ``value_factor * head_dim`` (the paper uses 2, our default, so MSR holds 8 d_model^2 weights against
 attention's 4; lower it for parameter-matched comparisons).
+
+Rotation layout: frequencies ``10000^(-2i/head_dim)`` on half-split pairs ``(x[i], x[i + K/2])``, the
+rotary convention used across seqmix. The authors' torchscale code uses other frequencies and
+interleaved pairs: the same family of functions, but its checkpoints need converting.
 """
 
 from __future__ import annotations
