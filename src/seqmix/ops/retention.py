@@ -50,10 +50,18 @@ from seqmix.modules.rotary import rotate_pairs
 __all__ = ["retention_step", "retention_recurrent", "retention_parallel", "retention_chunk"]
 
 
-def _rotate_state(state: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """``Rot_K(angles) S``: rotate the key dimension of ``state: [..., K, V]`` by ``angles: [..., K/2]``."""
-    # rotate_pairs works on the last dim: put K last, give angles a broadcast V axis.
-    return rotate_pairs(state.transpose(-1, -2), angles.unsqueeze(-2)).transpose(-1, -2)
+def _rotate_state(state: torch.Tensor, angles: torch.Tensor, scale: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``scale * Rot_K(angles) S``: rotate the key dimension of ``state: [..., K, V]`` by ``angles: [..., K/2]``.
+
+    Works on the two halves of the key dimension in place of a transposed ``rotate_pairs``: the state is
+    the largest tensor a decoding step touches, and strided passes over it dominated the step's time.
+    ``scale`` (broadcast against ``angles``) folds a decay into the rotation at no extra pass.
+    """
+    cos, sin = angles.cos().unsqueeze(-1), angles.sin().unsqueeze(-1)  # [..., K/2, 1]
+    if scale is not None:
+        cos, sin = cos * scale.unsqueeze(-1), sin * scale.unsqueeze(-1)
+    s1, s2 = state.chunk(2, dim=-2)  # [..., K/2, V] each
+    return torch.cat((s1 * cos - s2 * sin, s1 * sin + s2 * cos), dim=-2)
 
 
 def _decay_powers(exponent: torch.Tensor, log_gamma: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
@@ -75,10 +83,15 @@ def retention_step(
     state: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token: ``q, k: [B, H, K]``, ``v: [B, H, V]``, ``state: [B, H, K, V]`` -> ``(o: [B, H, V], state)``."""
+    gamma = log_gamma.exp()  # [H]
     if theta is not None:
-        state = _rotate_state(state, -theta)  # move the old state into the new token's frame
-    gamma = log_gamma.exp()[:, None, None]  # [H, 1, 1]
-    state = gamma * state + k.unsqueeze(-1) * v.unsqueeze(-2)  # [B, H, K, V]
+        # move the old state into the new token's frame and decay it, in one pass
+        decayed = _rotate_state(state, -theta, gamma[:, None])  # [B, H, K, V]
+    else:
+        decayed = gamma[:, None, None] * state
+    state = torch.baddbmm(
+        decayed.flatten(0, 1), k.flatten(0, 1).unsqueeze(-1), v.flatten(0, 1).unsqueeze(-2)
+    ).view_as(state)  # [B, H, K, V]: decayed + k v^T
     o = (q.unsqueeze(-2) @ state).squeeze(-2)  # [B, H, V]
     return o, state
 
