@@ -86,6 +86,26 @@ def test_every_mode_matches_step_loop(name, dtype, B, T, init):
         assert_all_close(result, reference, TOLERANCE[dtype], what, grad_floor=GRAD_FLOOR)
 
 
+VARIANTS = [(spec.name, i) for spec in list_mixers() for i in range(len(spec.test_variants))]
+
+
+@pytest.mark.parametrize("name,variant", VARIANTS, ids=[f"{n}-variant{i}" for n, i in VARIANTS])
+def test_option_variants_match_step_loop(name, variant):
+    """The registry's further option sets (other flags, odd chunk sizes) pass invariants 1-3 as well."""
+    options = get_spec(name).test_variants[variant]
+    mixer = make_mixer(name, torch.float64, **options)
+    x = fixed_weights((2, 37, D_MODEL), torch.float64, seed=1)
+    state = carried_state(mixer, 2, torch.float64)
+    reference = run_with_grads(mixer, x, state, step_loop)
+    for mode in mixer.modes:
+        result = run_with_grads(mixer, x, state, lambda m, x_, s: m(x_, s, mode=mode))
+        assert_all_close(result, reference, TOLERANCE[torch.float64], f"{name} {options} mode={mode!r}", GRAD_FLOOR)
+        with torch.no_grad():
+            y1, s1 = mixer(x[:, :20], state, mode=mode)
+            y2, _ = mixer(x[:, 20:], s1, mode=mode)
+        assert_close(f"{name} {options} mode={mode!r}: split at 20", torch.cat([y1, y2], 1), reference["output y"], 1e-10)
+
+
 # --------------------------------------------------------------------------- invariant 2
 @pytest.mark.parametrize("name", NAMES)
 def test_split_and_carry_equals_whole(name):

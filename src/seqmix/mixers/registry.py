@@ -27,6 +27,7 @@ class MixerSpec:
     family: str  # the family the literature puts it in
     paper: str  # the source paper, short form "Authors Year, Title"
     test_options: dict[str, Any] = field(default_factory=dict)  # small sizes for the harness
+    test_variants: tuple[dict[str, Any], ...] = ()  # further option sets the harness also checks
 
     @property
     def cls(self) -> type[Mixer]:
@@ -89,6 +90,7 @@ register(MixerSpec(
     family="softmax attention",
     paper="Vaswani et al. 2017, Attention Is All You Need",
     test_options=_SMALL_HEADS,
+    test_variants=({"rotary": False}, {"n_heads": 1, "bias": True}),
 ))
 register(MixerSpec(
     name="linear_attention",
@@ -96,6 +98,7 @@ register(MixerSpec(
     family="linear attention",
     paper="Katharopoulos et al. 2020, Transformers are RNNs",
     test_options={**_SMALL_HEADS, "chunk_size": 16},
+    test_variants=({"normalize": False}, {"chunk_size": 5}),
 ))
 register(MixerSpec(
     name="retnet",
@@ -103,12 +106,14 @@ register(MixerSpec(
     family="linear attention (fixed decay)",
     paper="Sun et al. 2023, Retentive Network",
     test_options={**_SMALL_HEADS, "chunk_size": 16},
+    test_variants=({"rotary": False}, {"value_factor": 1, "n_heads": 4, "chunk_size": 7}),
 ))
 register(MixerSpec(
     name="lstm",
     target="seqmix.mixers.lstm:LSTM",
     family="nonlinear RNN",
     paper="Hochreiter & Schmidhuber 1997, Long Short-Term Memory",
+    test_variants=({"d_hidden": 11}, {"out_proj": True}),
 ))
 register(MixerSpec(
     name="mingru",
@@ -116,6 +121,7 @@ register(MixerSpec(
     family="minimal RNN",
     paper="Feng et al. 2024, Were RNNs All We Needed?",
     test_options={"chunk_size": 16},
+    test_variants=({"expansion": 1, "bias": False, "chunk_size": 4},),
 ))
 register(MixerSpec(
     name="mamba",
@@ -123,4 +129,5 @@ register(MixerSpec(
     family="selective state-space model",
     paper="Gu & Dao 2023, Mamba: Linear-Time Sequence Modeling with Selective State Spaces",
     test_options={"d_state": 4, "chunk_size": 16},
+    test_variants=({"d_conv": 1}, {"d_conv": 2, "expand": 1, "dt_rank": 3, "chunk_size": 8}),
 ))
