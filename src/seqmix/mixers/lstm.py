@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from typing import NamedTuple, Optional
 
 import torch
@@ -41,25 +40,21 @@ class LSTM(Mixer):
         forget_bias = options.number("forget_bias", forget_bias)
         out_proj = options.boolean("out_proj", out_proj)
         self.d_hidden = d_hidden
-        H = d_hidden
-        self.weight_ih = nn.Parameter(torch.empty(4 * H, d_model))
-        self.weight_hh = nn.Parameter(torch.empty(4 * H, H))
-        self.bias_ih = nn.Parameter(torch.empty(4 * H))
-        self.bias_hh = nn.Parameter(torch.empty(4 * H))
-        self.out_proj = nn.Linear(H, d_model, bias=False) if (out_proj or H != d_model) else None
+        # nn.LSTM owns the weights so that, on a GPU, they live in the one flat buffer cuDNN wants
+        # (it re-flattens them after .to()); both forms below read them through all_weights.
+        self.rnn = nn.LSTM(d_model, d_hidden, batch_first=True)
+        self.out_proj = nn.Linear(d_hidden, d_model, bias=False) if (out_proj or d_hidden != d_model) else None
         self.reset_parameters(forget_bias)
 
     def reset_parameters(self, forget_bias: float = 1.0) -> None:
-        bound = 1.0 / math.sqrt(self.d_hidden)  # PyTorch's nn.LSTM default
-        for p in (self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh):
-            nn.init.uniform_(p, -bound, bound)
+        self.rnn.reset_parameters()  # U(-1/sqrt(H), 1/sqrt(H)) for every weight and bias
         H = self.d_hidden
         with torch.no_grad():
-            self.bias_ih[H : 2 * H].fill_(forget_bias)
-            self.bias_hh[H : 2 * H].zero_()
+            self.rnn.bias_ih_l0[H : 2 * H].fill_(forget_bias)
+            self.rnn.bias_hh_l0[H : 2 * H].zero_()
 
-    def _weights(self) -> tuple[torch.Tensor, ...]:
-        return self.weight_ih, self.weight_hh, self.bias_ih, self.bias_hh
+    def _weights(self) -> list[torch.Tensor]:
+        return self.rnn.all_weights[0]  # [w_ih [4H, D], w_hh [4H, H], b_ih [4H], b_hh [4H]]
 
     def _out(self, h: torch.Tensor) -> torch.Tensor:
         return h if self.out_proj is None else self.out_proj(h)
