@@ -95,10 +95,10 @@ class Attention(Mixer):
         """Rotate ``q, k: [B, H, T, K]`` for absolute positions ``start .. start+T-1``."""
         if not self.rotary:
             return q, k
-        # angles in at least float32, even for half-precision inputs
-        angle_dtype = torch.promote_types(q.dtype, torch.float32)
-        inv_freq = rotary_inv_freq(self.head_dim, self.rotary_base, device=q.device, dtype=angle_dtype)
-        positions = torch.arange(start, start + q.shape[2], device=q.device, dtype=angle_dtype)  # [T]
+        # frequencies in at least float32 (apply_rotary forms the angles in that precision)
+        freq_dtype = torch.promote_types(q.dtype, torch.float32)
+        inv_freq = rotary_inv_freq(self.head_dim, self.rotary_base, device=q.device, dtype=freq_dtype)
+        positions = torch.arange(start, start + q.shape[2], device=q.device)  # [T]
         return apply_rotary(q, positions, inv_freq), apply_rotary(k, positions, inv_freq)
 
     def _merge(self, o: torch.Tensor) -> torch.Tensor:

@@ -7,6 +7,7 @@ The last dimension ``K`` (even) is split into halves ``(x1, x2)``; pair ``i`` is
 
 from __future__ import annotations
 
+import functools
 from typing import Optional
 
 import torch
@@ -17,12 +18,23 @@ __all__ = ["rotary_inv_freq", "rotate_pairs", "apply_rotary"]
 def rotary_inv_freq(
     head_dim: int, base: float = 10000.0, device: Optional[torch.device] = None, dtype: Optional[torch.dtype] = None
 ) -> torch.Tensor:
-    """Angular frequencies ``theta_i = base^(-2i/K)`` for ``i < K/2``; returns ``[K // 2]``."""
+    """Angular frequencies ``theta_i = base^(-2i/K)`` for ``i < K/2``; returns ``[K // 2]``.
+
+    Cached per arguments (a decoding step asks for them every token); treat the result as read-only.
+    """
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
-    # computed in float64 on the CPU (not every accelerator has float64), then moved
-    exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
-    return (base**-exponent).to(device=device, dtype=dtype or torch.get_default_dtype())
+    device = torch.device(device) if device is not None else None
+    return _inv_freq(head_dim, float(base), device, dtype or torch.get_default_dtype())
+
+
+@functools.lru_cache(maxsize=64)
+def _inv_freq(head_dim: int, base: float, device: Optional[torch.device], dtype: torch.dtype) -> torch.Tensor:
+    # Built outside inference mode, so that a cache filled while decoding under torch.inference_mode()
+    # still serves training; computed in float64 on the CPU (not every accelerator has float64), then moved.
+    with torch.inference_mode(False), torch.no_grad():
+        exponent = torch.arange(0, head_dim, 2, dtype=torch.float64) / head_dim
+        return (base**-exponent).to(device=device, dtype=dtype)
 
 
 def rotate_pairs(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
