@@ -41,7 +41,11 @@ def list_command(d_model: int = 256, context_len: int = 4096, format: Literal["t
 def main(argv: Optional[list[str]] = None) -> None:
     from jsonargparse import auto_cli
 
-    auto_cli({"list": list_command}, args=sys.argv[1:] if argv is None else argv, as_positional=False)
+    commands = {
+        "list": list_command,
+        # ---- commands (each helper adds its own line below, imported from its module)
+    }
+    auto_cli(commands, args=sys.argv[1:] if argv is None else argv, as_positional=False)
 
 
 if __name__ == "__main__":

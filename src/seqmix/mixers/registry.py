@@ -131,3 +131,15 @@ register(MixerSpec(
     test_options={"d_state": 4, "chunk_size": 16},
     test_variants=({"d_conv": 1}, {"d_conv": 2, "expand": 1, "dt_rank": 3, "chunk_size": 8}),
 ))
+
+# ---- zoo A: diagonal recurrences, SSMs and convolutions (owner: zoo helper A)
+# ---- end zoo A
+
+# ---- zoo B: key-wise gated linear attention (owner: zoo helper B)
+# ---- end zoo B
+
+# ---- zoo C: scalar-decay, matrix-memory and delta-rule mixers (owner: zoo helper C)
+# ---- end zoo C
+
+# ---- zoo D: nonlinear RNNs and attention variants (owner: zoo helper D)
+# ---- end zoo D
