@@ -1,0 +1,23 @@
+"""Models built from the mixers: the residual block, a language model, a sequence classifier.
+
+Composition only -- every registered mixer works in every model, alone or in a hybrid pattern.
+"""
+
+from seqmix.models.bidirectional import Bidirectional
+from seqmix.models.block import Block
+from seqmix.models.classifier import SequenceClassifier
+from seqmix.models.config import BackboneConfig, ClassifierConfig, ModelConfig
+from seqmix.models.language_model import LanguageModel
+from seqmix.models.pretrained import atomic_write_bytes, load_config_json
+
+__all__ = [
+    "Bidirectional",
+    "Block",
+    "BackboneConfig",
+    "ClassifierConfig",
+    "ModelConfig",
+    "LanguageModel",
+    "SequenceClassifier",
+    "atomic_write_bytes",
+    "load_config_json",
+]
