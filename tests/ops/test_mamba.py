@@ -74,6 +74,34 @@ def test_chunked_float32_matches_float64_reference():
     assert_all_close(actual, expected, 1e-4, "float32 selective_scan_chunked")
 
 
+@pytest.mark.parametrize("B,T,chunk_size,regime", [(2, 1, 16, "typical"), (3, 63, 16, "typical"), (2, 45, 8, "tiny"),
+                                                   (2, 45, 8, "huge"), (1, 700, 64, "typical")])
+def test_negative_eigenvalues_chunked_matches_reference(B, T, chunk_size, regime):
+    """The signed transition 2 exp(delta A) - 1: outputs, state and every gradient equal the loop's."""
+    inputs = make_inputs(B, T, regime)
+    expected = run(partial(selective_scan_recurrent, negative_eigenvalues=True), inputs)
+    actual = run(partial(selective_scan_chunked, chunk_size=chunk_size, negative_eigenvalues=True), inputs)
+    assert_all_close(actual, expected, 1e-10, f"selective_scan_chunked(negative_eigenvalues) T={T} {regime}")
+
+
+def test_negative_eigenvalues_transition():
+    """With B = 0 and u = 0 the state evolves by exactly prod_t (2 exp(delta_t A) - 1): a huge step size
+    flips its sign every token (transition -1), which exp(delta A) in (0, 1) could never do."""
+    inputs = make_inputs(1, 9, "huge")
+    inputs["Bm"] = torch.zeros_like(inputs["Bm"])
+    _, h = selective_scan_chunked(*(inputs[n] for n in ARGS), chunk_size=4, negative_eigenvalues=True)
+    a = 2 * torch.exp(inputs["delta"][0, :, :, None] * inputs["A"]) - 1  # [T, D, N]
+    torch.testing.assert_close(h[0], inputs["initial_state"][0] * a.prod(0), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(h[0], -inputs["initial_state"][0], rtol=1e-12, atol=1e-14)  # 9 flips
+
+
+def test_gradcheck_chunked_negative_eigenvalues():
+    inputs = make_inputs(2, 9, "typical")
+    leaves = tuple(inputs[n].clone().requires_grad_(True) for n in ARGS)
+    form = partial(selective_scan_chunked, chunk_size=4, negative_eigenvalues=True)
+    assert torch.autograd.gradcheck(form, leaves)
+
+
 def test_reference_equals_closed_form():
     """y_t = C_t . (exp(A S_t) h0 + sum_{s<=t} exp(A (S_t - S_s)) delta_s u_s B_s), S_t = sum_{r<=t} delta_r."""
     inputs = make_inputs(2, 8, "typical")

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from seqmix.ops.linear_attention import linear_attention_chunk, linear_attention_recurrent
 from seqmix.ops.mamba import selective_scan_chunked, selective_scan_recurrent
 from seqmix.ops.retention import retention_chunk, retention_recurrent
-from seqmix.ops.scan import scan_chunked, scan_recurrent
+from seqmix.ops.scan import linear_scan_chunked, linear_scan_recurrent, scan_chunked, scan_recurrent
 from seqmix.testing import assert_all_close, outputs_and_grads
 
 F64 = torch.float64
@@ -47,6 +47,29 @@ def test_scan_chunked_equals_loop(size, width, log_decay_floor):
     chunk = 2 ** size["log2_chunk"]
     got = outputs_and_grads(lambda *a: scan_chunked(*a, chunk), inputs, output_names=["h", "h_last"])
     assert_all_close(got, want, 1e-10, f"scan_chunked {size} width={width}")
+
+
+@SETTINGS
+@given(sizes, st.integers(1, 4), st.booleans())
+def test_linear_scan_chunked_equals_loop(size, width, complex_):
+    """Signed transitions in [-1, 1], or complex ones in the unit disk (as real/imaginary pairs)."""
+    g = torch.Generator().manual_seed(size["seed"])
+    B, T = size["B"], size["T"]
+    shape = (B, T, width, 2) if complex_ else (B, T, width)
+    a = 2 * torch.rand(*shape, generator=g, dtype=F64) - 1
+    if complex_:
+        a = a / math.sqrt(2)  # |a| <= 1
+    inputs = {"a": a, "b": _randn(g, *shape), "initial_state": _randn(g, B, *shape[2:])}
+
+    def form(fn):
+        if not complex_:
+            return fn
+        return lambda *t: tuple(map(torch.view_as_real, fn(*map(torch.view_as_complex, t))))
+
+    want = outputs_and_grads(form(linear_scan_recurrent), inputs, output_names=["h", "h_last"])
+    chunk = 2 ** size["log2_chunk"]
+    got = outputs_and_grads(form(lambda *t: linear_scan_chunked(*t, chunk)), inputs, output_names=["h", "h_last"])
+    assert_all_close(got, want, 1e-10, f"linear_scan_chunked {size} width={width} complex={complex_}")
 
 
 @SETTINGS
@@ -83,8 +106,8 @@ def test_retention_chunk_equals_loop(size, heads, half_k, rotary):
 
 
 @SETTINGS
-@given(sizes, st.integers(1, 4), st.integers(1, 4))
-def test_selective_scan_chunked_equals_loop(size, d, n):
+@given(sizes, st.integers(1, 4), st.integers(1, 4), st.booleans())
+def test_selective_scan_chunked_equals_loop(size, d, n, negative_eigenvalues):
     g = torch.Generator().manual_seed(size["seed"])
     B, T = size["B"], size["T"]
     inputs = {
@@ -95,7 +118,10 @@ def test_selective_scan_chunked_equals_loop(size, d, n):
         "Cm": _randn(g, B, T, n),
         "initial_state": _randn(g, B, d, n),
     }
-    want = outputs_and_grads(selective_scan_recurrent, inputs, output_names=["y", "h_last"])
+    neg = negative_eigenvalues
+    want = outputs_and_grads(
+        lambda *a: selective_scan_recurrent(*a, negative_eigenvalues=neg), inputs, output_names=["y", "h_last"]
+    )
     chunk = 2 ** size["log2_chunk"]
-    got = outputs_and_grads(lambda *a: selective_scan_chunked(*a, chunk), inputs, output_names=["y", "h_last"])
-    assert_all_close(got, want, 1e-10, f"selective_scan_chunked {size} d={d} n={n}")
+    got = outputs_and_grads(lambda *a: selective_scan_chunked(*a, chunk, neg), inputs, output_names=["y", "h_last"])
+    assert_all_close(got, want, 1e-10, f"selective_scan_chunked {size} d={d} n={n} negative_eigenvalues={neg}")

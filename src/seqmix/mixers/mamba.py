@@ -12,6 +12,11 @@ Initialisation as in the paper (Section 3.6 and Appendix): S4D-real ``A[d, n] = 
 ``dt_proj.weight ~ U(-dt_rank^-0.5, dt_rank^-0.5)``; ``dt_proj.bias = softplus^-1(dt)`` with ``dt``
 log-uniform in ``[dt_min, dt_max] = [1e-3, 0.1]`` (floored at 1e-4), so that the initial step sizes
 span that range; projections without bias; the conv with the nn.Conv1d default and a bias.
+
+``negative_eigenvalues=True`` (Grazzi et al. 2024, "Unlocking State-Tracking in Linear RNNs Through
+Negative Eigenvalues", arXiv:2411.12537, their recipe for Mamba) uses the transition
+``2 exp(delta A) - 1`` in (-1, 1) instead of ``exp(delta A)`` in (0, 1), so that the state can flip
+sign (parity, modular counting); the input term ``delta B u`` and the initialisation are unchanged.
 """
 
 from __future__ import annotations
@@ -60,6 +65,7 @@ class Mamba(Mixer):
         dt_init_floor: float = 1e-4,
         conv_bias: bool = True,
         bias: bool = False,
+        negative_eigenvalues: bool = False,
     ) -> None:
         super().__init__(d_model)
         self.d_state = options.positive_int("d_state", d_state, "the SSM state size N per channel")
@@ -73,6 +79,7 @@ class Mamba(Mixer):
         dt_max = options.number("dt_max", dt_max, minimum=dt_min, hint="the step-size init range is [dt_min, dt_max]")
         dt_init_floor = options.number("dt_init_floor", dt_init_floor, minimum=0, strict=True)
         conv_bias, bias = options.boolean("conv_bias", conv_bias), options.boolean("bias", bias)
+        self.negative_eigenvalues = options.boolean("negative_eigenvalues", negative_eigenvalues)
         self.d_inner = d_inner = self.expand * d_model
 
         self.in_proj = nn.Linear(d_model, 2 * d_inner, bias=bias)
@@ -117,9 +124,9 @@ class Mamba(Mixer):
         xs, delta, Bm, Cm = (t.to(state.ssm.dtype) for t in self._ssm_inputs(xs))
         A = -torch.exp(self.A_log.to(state.ssm.dtype))  # [d_inner, d_state]
         if mode == "scan":
-            y, ssm = selective_scan_chunked(xs, delta, A, Bm, Cm, state.ssm, self.chunk_size)
+            y, ssm = selective_scan_chunked(xs, delta, A, Bm, Cm, state.ssm, self.chunk_size, self.negative_eigenvalues)
         else:
-            y, ssm = selective_scan_recurrent(xs, delta, A, Bm, Cm, state.ssm)
+            y, ssm = selective_scan_recurrent(xs, delta, A, Bm, Cm, state.ssm, self.negative_eigenvalues)
         y = (y + xs * self.D) * F.silu(z)  # [B, T, d_inner]
         return self.out_proj(y.to(x.dtype)), MambaState(conv_state, ssm)
 
@@ -128,7 +135,7 @@ class Mamba(Mixer):
         xs, conv_state = self.conv.step(xs, state.conv)
         xs, delta, B_t, C_t = (t.to(state.ssm.dtype) for t in self._ssm_inputs(xs))
         A = -torch.exp(self.A_log.to(state.ssm.dtype))  # [d_inner, d_state]
-        y, ssm = selective_scan_step(xs, delta, A, B_t, C_t, state.ssm)
+        y, ssm = selective_scan_step(xs, delta, A, B_t, C_t, state.ssm, self.negative_eigenvalues)
         y = (y + xs * self.D) * F.silu(z)  # [B, d_inner]
         return self.out_proj(y.to(x_t.dtype)), MambaState(conv_state, ssm)
 
@@ -147,5 +154,5 @@ class Mamba(Mixer):
     def extra_repr(self) -> str:
         return (
             f"{super().extra_repr()}, d_inner={self.d_inner}, d_state={self.d_state}, d_conv={self.d_conv}, "
-            f"dt_rank={self.dt_rank}, chunk_size={self.chunk_size}"
+            f"dt_rank={self.dt_rank}, chunk_size={self.chunk_size}, negative_eigenvalues={self.negative_eigenvalues}"
         )

@@ -8,6 +8,13 @@ Shapes: ``u, delta: [B, T, D]``, ``A: [D, N]`` (negative), ``Bm, Cm: [B, T, N]``
 ``initial_state: [B, D, N]``; every form returns ``(y: [B, T, D], h_last: [B, D, N])``. The skip
 ``D * u`` and the output gate stay in the mixer, where autograd handles them.
 
+``negative_eigenvalues=True`` (Grazzi et al. 2024, "Unlocking State-Tracking in Linear RNNs Through
+Negative Eigenvalues", arXiv:2411.12537, Section 4: their recipe for Mamba) replaces the transition by
+
+    h_t = (2 exp(delta_t[d] * A[d, n]) - 1) * h_{t-1}[d, n] + delta_t[d] * B_t[n] * u_t[d]
+
+so that it ranges over (-1, 1) instead of (0, 1); the input term is unchanged.
+
 Forms (same signature):
 
 - ``selective_scan_recurrent``: a Python loop over ``selective_scan_step``, the spec.
@@ -28,6 +35,13 @@ import torch
 from seqmix.ops.scan import blelloch_scan_, check_chunk_size, next_pow2
 
 __all__ = ["selective_scan_step", "selective_scan_recurrent", "selective_scan_chunked"]
+
+
+def _decay(delta_t: torch.Tensor, A: torch.Tensor, negative_eigenvalues: bool) -> torch.Tensor:
+    """``exp(delta_t * A)``, mapped to ``2 exp(.) - 1`` with ``negative_eigenvalues``; ``delta_t: [..., D]``."""
+    a = torch.exp_(delta_t.unsqueeze(-1) * A)  # [..., D, N]
+    # out of place: under autograd (the step and the loop) exp_'s backward needs its result unchanged
+    return 2.0 * a - 1.0 if negative_eigenvalues else a
 
 
 def _check(u, delta, A, Bm, Cm, initial_state) -> None:
@@ -51,10 +65,16 @@ def _check(u, delta, A, Bm, Cm, initial_state) -> None:
 
 # --------------------------------------------------------------------------- the spec
 def selective_scan_step(
-    u_t: torch.Tensor, delta_t: torch.Tensor, A: torch.Tensor, B_t: torch.Tensor, C_t: torch.Tensor, h: torch.Tensor
+    u_t: torch.Tensor,
+    delta_t: torch.Tensor,
+    A: torch.Tensor,
+    B_t: torch.Tensor,
+    C_t: torch.Tensor,
+    h: torch.Tensor,
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One token: ``u_t, delta_t: [B, D]``, ``B_t, C_t: [B, N]``, ``h: [B, D, N]`` -> ``(y_t [B, D], h)``."""
-    decay = torch.exp(delta_t.unsqueeze(-1) * A)  # [B, D, N]
+    decay = _decay(delta_t, A, negative_eigenvalues)  # [B, D, N]
     h = decay * h + (delta_t * u_t).unsqueeze(-1) * B_t.unsqueeze(1)  # [B, D, N]
     y_t = (h * C_t.unsqueeze(1)).sum(-1)  # [B, D]
     return y_t, h
@@ -67,13 +87,14 @@ def selective_scan_recurrent(
     Bm: torch.Tensor,
     Cm: torch.Tensor,
     initial_state: torch.Tensor,
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference: a Python loop over time."""
     _check(u, delta, A, Bm, Cm, initial_state)
     h = initial_state
     ys = []
     for t in range(u.shape[1]):
-        y_t, h = selective_scan_step(u[:, t], delta[:, t], A, Bm[:, t], Cm[:, t], h)
+        y_t, h = selective_scan_step(u[:, t], delta[:, t], A, Bm[:, t], Cm[:, t], h, negative_eigenvalues)
         ys.append(y_t)
     return torch.stack(ys, dim=1), h
 
@@ -96,7 +117,7 @@ def _chunks(T: int, chunk_size: int) -> list[tuple[int, int, int]]:
 
 class _SelectiveScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, Bm, Cm, h0, chunk_size):  # type: ignore[override]
+    def forward(ctx, u, delta, A, Bm, Cm, h0, chunk_size, negative_eigenvalues):  # type: ignore[override]
         Bsz, T, D = u.shape
         N = A.shape[1]
         chunks = _chunks(T, chunk_size)
@@ -108,7 +129,7 @@ class _SelectiveScan(torch.autograd.Function):
             c = e - s
             starts[:, k] = h
             # 1. decays and inputs of the chunk, padded with the identity (a=1, x=0) to Lp
-            a = _pad_time(torch.exp_(delta[:, s:e, :, None] * A), Lp, 1.0)  # [B, Lp, D, N]
+            a = _pad_time(_decay(delta[:, s:e], A, negative_eigenvalues), Lp, 1.0)  # [B, Lp, D, N]
             x = _pad_time(du[:, s:e, :, None] * Bm[:, s:e, None, :], Lp, 0.0)  # [B, Lp, D, N]
             # 2. fold the carried state into the first step, then scan from zero
             x[:, 0].addcmul_(a[:, 0], h)
@@ -117,6 +138,7 @@ class _SelectiveScan(torch.autograd.Function):
             y[:, s:e] = torch.matmul(x[:, :c], Cm[:, s:e, :, None]).squeeze(-1)  # [B, c, D]
             h = x[:, c - 1].clone()  # [B, D, N]
         ctx.chunk_size = chunk_size
+        ctx.negative_eigenvalues = negative_eigenvalues
         ctx.save_for_backward(u, delta, A, Bm, Cm, starts)
         return y, h
 
@@ -140,7 +162,13 @@ class _SelectiveScan(torch.autograd.Function):
             c = e - s
             h_start = starts[:, k]  # [B, D, N]
             # 1. recompute the chunk's states h (as in the forward pass)
-            a = torch.exp_(delta[:, s:e, :, None] * A)  # [B, c, D, N]
+            if ctx.negative_eigenvalues:
+                # the derivative of a = 2 exp(delta A) - 1 is 2 exp(delta A), kept apart: as a + 1 it would
+                # cancel to 0 where exp(delta A) underflows next to 1
+                deriv = torch.exp_(delta[:, s:e, :, None] * A).mul_(2.0)  # [B, c, D, N]
+                a = deriv - 1.0  # [B, c, D, N]
+            else:
+                a = _decay(delta[:, s:e], A, False)  # [B, c, D, N]
             a0 = a[:, 0].clone()  # [B, D, N]
             # the adjoint runs backwards with the decay of the NEXT step: a_next[t] = a[t+1]
             a_next = torch.empty_like(a, memory_format=torch.contiguous_format)  # [B, c, D, N]
@@ -152,8 +180,15 @@ class _SelectiveScan(torch.autograd.Function):
             blelloch_scan_(a, h)
             del a
             h = h[:, :c]
-            # 2. d h_t / d log a_t = a_t h_{t-1}, which for t >= 1 is a_next[t-1] h[t-1] (no shifted copy of h)
-            ah_prev = a_next[:, : c - 1] * h[:, : c - 1]  # [B, c-1, D, N]
+            # 2. d h_t / d(delta_t A) = a_t h_{t-1}, which for t >= 1 is a_next[t-1] h[t-1] (no shifted copy
+            # of h); with negative eigenvalues it is 2 exp(delta_t A) h_{t-1}
+            if ctx.negative_eigenvalues:
+                ah_prev = deriv[:, 1:].mul_(h[:, : c - 1])  # [B, c-1, D, N]
+                da0 = deriv[:, 0]  # [B, D, N]
+                del deriv
+            else:
+                ah_prev = a_next[:, : c - 1] * h[:, : c - 1]  # [B, c-1, D, N]
+                da0 = a0
             # 3. adjoint lam_t = dL/dh_t = C_t grad_y_t + a_{t+1} lam_{t+1}; lam at the chunk end also gets G
             lam = _pad_time(grad_y[:, s:e, :, None] * Cm[:, s:e, None, :], Lp, 0.0)  # [B, Lp, D, N]
             lam[:, c - 1] += G
@@ -166,7 +201,7 @@ class _SelectiveScan(torch.autograd.Function):
             g_B[:, s:e] = torch.matmul(du[:, s:e, None, :], lam).squeeze(2)  # sum_d du[d] lam[d, n]
             # P_t = dL/d(delta_t A) = lam_t a_t h_{t-1}; then chain through log a = delta * A
             P = ah_prev.mul_(lam[:, 1:])  # [B, c-1, D, N], steps 1..c-1
-            P0 = lam[:, 0] * a0 * h_start  # [B, D, N], step 0 (h_{-1} is the carried state)
+            P0 = lam[:, 0] * da0 * h_start  # [B, D, N], step 0 (h_{-1} is the carried state)
             g_delta[:, s + 1 : e] = torch.einsum("bcdn,dn->bcd", P, A)
             g_delta[:, s] = torch.einsum("bdn,dn->bd", P0, A)
             g_A += (P * delta[:, s + 1 : e, :, None]).sum((0, 1)) + (P0 * delta[:, s, :, None]).sum(0)
@@ -174,7 +209,7 @@ class _SelectiveScan(torch.autograd.Function):
             G = a0 * lam[:, 0]
         grad_u = g_du * delta
         grad_delta = g_delta + g_du * u
-        return grad_u, grad_delta, g_A, g_B, g_C, G, None
+        return grad_u, grad_delta, g_A, g_B, g_C, G, None, None
 
 
 def selective_scan_chunked(
@@ -185,6 +220,7 @@ def selective_scan_chunked(
     Cm: torch.Tensor,
     initial_state: torch.Tensor,
     chunk_size: int = 64,
+    negative_eigenvalues: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked selective scan, same function as ``selective_scan_recurrent``; differentiable in every input.
 
@@ -193,4 +229,6 @@ def selective_scan_chunked(
     _check(u, delta, A, Bm, Cm, initial_state)
     check_chunk_size(chunk_size)
     c = torch.Tensor.contiguous
-    return _SelectiveScan.apply(c(u), c(delta), c(A), c(Bm), c(Cm), c(initial_state), chunk_size)
+    return _SelectiveScan.apply(
+        c(u), c(delta), c(A), c(Bm), c(Cm), c(initial_state), chunk_size, bool(negative_eigenvalues)
+    )

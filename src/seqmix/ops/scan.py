@@ -1,12 +1,22 @@
-"""Diagonal linear recurrences ``h_t = a_t * h_{t-1} + b_t`` (elementwise), decays given as ``log(a)``.
+"""Diagonal linear recurrences ``h_t = a_t * h_{t-1} + b_t`` (elementwise).
 
-This is the scan behind minGRU, Mamba-1, LRU, HGRN and RG-LRU. Every function takes
+This is the scan behind minGRU, minLSTM, Mamba-1, LRU, HGRN and RG-LRU. Two families of functions
+compute it, with the same forms and the same chunked algorithm:
+
+- ``scan_*`` take the decay as ``log(a)`` (real, ``a`` in (0, 1]): gates that multiply over many
+  steps stay in log space until the scan exponentiates them once.
+- ``linear_scan_*`` take the transition ``a`` itself: any real value (e.g. in [-1, 1] for the
+  ``negative_eigenvalues`` option of Grazzi et al. 2024, arXiv:2411.12537, whose ``2 a - 1`` has no
+  real logarithm when negative) or complex values (``a``, ``b`` and the state complex, as in LRU).
+
+The ``scan_*`` functions take
 
     log_a:         [B, T, *rest]   log of the decay, <= 0 for a contracting recurrence
     b:             [B, T, *rest]   the input added at every step
     initial_state: [B, *rest]      h_{-1}
 
-and returns ``(h: [B, T, *rest], h_last: [B, *rest])``.
+and returns ``(h: [B, T, *rest], h_last: [B, *rest])``; the ``linear_scan_*`` functions take ``a`` in
+place of ``log_a``, same shape, with ``a``, ``b`` and ``initial_state`` of one dtype, real or complex.
 
 Forms (same signature, same function):
 
@@ -17,7 +27,9 @@ Forms (same signature, same function):
   chunks a short recurrence that adds ``prod(a) * carry`` to every chunk. Decays are only multiplied,
   never divided, so a cumulative product may underflow to 0 (its true value is that small) but never
   blows up. The backward pass is a custom autograd function: the adjoint of a linear recurrence is
-  the same recurrence run backwards in time, so it reuses the same chunked scan.
+  the same recurrence run backwards in time, so it reuses the same chunked scan. For complex inputs
+  it follows PyTorch's convention (gradients are conjugate Wirtinger derivatives): the adjoint runs
+  with ``conj(a)``, and ``dL/da_t = lam_t * conj(h_{t-1})``.
 
 Why Blelloch inside chunks (measured on this project's 2-core CPU box, Mamba shapes B=4, T=4096,
 D=512, N=16, float32, one thread): a Blelloch pass over a [B, 64, D, N] chunk touches every element
@@ -33,7 +45,17 @@ from typing import Optional
 
 import torch
 
-__all__ = ["scan_recurrent", "scan_chunked", "scan_step", "blelloch_scan_", "check_chunk_size", "next_pow2"]
+__all__ = [
+    "scan_recurrent",
+    "scan_chunked",
+    "scan_step",
+    "linear_scan_recurrent",
+    "linear_scan_chunked",
+    "linear_scan_step",
+    "blelloch_scan_",
+    "check_chunk_size",
+    "next_pow2",
+]
 
 
 # --------------------------------------------------------------------------- helpers
@@ -54,10 +76,12 @@ def check_chunk_size(chunk_size: int, name: str = "chunk_size") -> int:
     return chunk_size
 
 
-def _check_scan_inputs(log_a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor) -> None:
+def _check_scan_inputs(
+    log_a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor, name: str = "log_a"
+) -> None:
     if log_a.ndim < 2 or log_a.shape != b.shape:
         raise ValueError(
-            f"log_a and b must share one shape [B, T, *rest], got {tuple(log_a.shape)} and {tuple(b.shape)}"
+            f"{name} and b must share one shape [B, T, *rest], got {tuple(log_a.shape)} and {tuple(b.shape)}"
         )
     if log_a.shape[1] == 0:
         raise ValueError("the scan needs at least one time step")
@@ -65,7 +89,9 @@ def _check_scan_inputs(log_a: torch.Tensor, b: torch.Tensor, initial_state: torc
     if tuple(initial_state.shape) != expected:
         raise ValueError(f"initial_state must have shape {expected} ([B, *rest]), got {tuple(initial_state.shape)}")
     if not (log_a.dtype == b.dtype == initial_state.dtype):
-        raise ValueError(f"dtypes differ: log_a {log_a.dtype}, b {b.dtype}, initial_state {initial_state.dtype}")
+        raise ValueError(f"dtypes differ: {name} {log_a.dtype}, b {b.dtype}, initial_state {initial_state.dtype}")
+    if name == "log_a" and log_a.is_complex():
+        raise ValueError("log_a must be real; for complex decays use linear_scan_chunked / linear_scan_recurrent")
 
 
 # --------------------------------------------------------------------------- the spec
@@ -83,6 +109,24 @@ def scan_recurrent(
     hs = []
     for t in range(log_a.shape[1]):
         h = scan_step(log_a[:, t], b[:, t], h)
+        hs.append(h)
+    return torch.stack(hs, dim=1), h
+
+
+def linear_scan_step(a_t: torch.Tensor, b_t: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """One step with the transition given directly: ``a_t * h + b_t`` (all ``[B, *rest]``)."""
+    return a_t * h + b_t
+
+
+def linear_scan_recurrent(
+    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Reference for ``linear_scan_chunked``: a Python loop over time (``a`` real of any sign, or complex)."""
+    _check_scan_inputs(a, b, initial_state, name="a")
+    h = initial_state
+    hs = []
+    for t in range(a.shape[1]):
+        h = linear_scan_step(a[:, t], b[:, t], h)
         hs.append(h)
     return torch.stack(hs, dim=1), h
 
@@ -154,27 +198,35 @@ def _scan_buffers_(a: torch.Tensor, x: torch.Tensor, block: int, reverse: bool) 
 
 
 def _chunked_linear_scan(
-    log_a: torch.Tensor, b: torch.Tensor, h0: torch.Tensor, chunk_size: int, reverse: bool, shift: bool = False
+    coef: torch.Tensor,
+    b: torch.Tensor,
+    h0: torch.Tensor,
+    chunk_size: int,
+    reverse: bool,
+    shift: bool = False,
+    log_space: bool = True,
 ) -> torch.Tensor:
-    """``h_t = exp(log_a_t) h_{t-1} + b_t`` from ``h0`` (or backwards from the end when ``reverse``).
+    """``h_t = a_t h_{t-1} + b_t`` from ``h0`` (or backwards from the end when ``reverse``).
 
-    With ``shift`` (used by the backward pass) the decay applied at step t is ``exp(log_a_{t+1})``,
-    and 1 at the last step: the adjoint recurrence. Returns ``h: [B, T, *rest]`` (no grad).
+    ``coef`` is ``log(a)`` when ``log_space``, otherwise ``a`` itself (real or complex). With ``shift``
+    (used by the backward pass) the decay applied at step t is ``a_{t+1}``, and 1 at the last step: the
+    adjoint recurrence. Returns ``h: [B, T, *rest]`` (no grad).
     """
-    B, T = log_a.shape[:2]
-    rest = log_a.shape[2:]
+    B, T = coef.shape[:2]
+    rest = coef.shape[2:]
     block = min(chunk_size, next_pow2(T))
     Tp = -(-T // block) * block
     # padding with the identity element (a=1, b=0) at the end (forward) or the front (reverse) leaves
-    # every real position unchanged
+    # every real position unchanged; in log space the identity is 0 until the exp_ below
     lo = Tp - T if reverse else 0
-    a = log_a.new_zeros(B, Tp, *rest)  # [B, Tp, *rest], log space until the exp_ below
+    a = coef.new_full((B, Tp, *rest), 0.0 if log_space else 1.0)  # [B, Tp, *rest]
     x = b.new_zeros(B, Tp, *rest)  # [B, Tp, *rest]
     if shift:
-        a[:, lo : lo + T - 1] = log_a[:, 1:]
+        a[:, lo : lo + T - 1] = coef[:, 1:]
     else:
-        a[:, lo : lo + T] = log_a
-    a.exp_()
+        a[:, lo : lo + T] = coef
+    if log_space:
+        a.exp_()
     x[:, lo : lo + T] = b
     first = lo + T - 1 if reverse else 0  # the step that consumes h0
     x[:, first].addcmul_(a[:, first], h0)
@@ -208,6 +260,50 @@ class _ChunkedScan(torch.autograd.Function):
         grad_log_a = lam * torch.exp(log_a) * h_prev
         grad_h0 = torch.exp(log_a[:, 0]) * lam[:, 0]
         return grad_log_a, grad_b, grad_h0, None
+
+
+class _ChunkedLinearScan(torch.autograd.Function):
+    """The chunked scan with the transition ``a`` given directly (real of any sign, or complex)."""
+
+    @staticmethod
+    def forward(ctx, a, b, initial_state, chunk_size):  # type: ignore[override]
+        h = _chunked_linear_scan(a, b, initial_state, chunk_size, reverse=False, log_space=False)
+        h_last = h[:, -1].clone()
+        ctx.chunk_size = chunk_size
+        ctx.save_for_backward(a, initial_state, h)
+        return h, h_last
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_h: Optional[torch.Tensor], grad_last: Optional[torch.Tensor]):  # type: ignore[override]
+        a, h0, h = ctx.saved_tensors
+        if grad_h is None:
+            grad_h = torch.zeros_like(h)
+        if grad_last is None:
+            grad_last = torch.zeros_like(h0)
+        # adjoint: lam_t = grad_h_t + conj(a_{t+1}) lam_{t+1} (conj is a no-op on real tensors)
+        a_conj = a.conj()
+        lam = _chunked_linear_scan(
+            a_conj, grad_h, grad_last, ctx.chunk_size, reverse=True, shift=True, log_space=False
+        )
+        h_prev = torch.cat([h0.unsqueeze(1), h[:, :-1]], dim=1)  # [B, T, *rest]
+        grad_a = lam * h_prev.conj()
+        grad_h0 = a_conj[:, 0] * lam[:, 0]
+        return grad_a, lam, grad_h0, None
+
+
+def linear_scan_chunked(
+    a: torch.Tensor, b: torch.Tensor, initial_state: torch.Tensor, chunk_size: int = 64
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Chunked Blelloch scan with the transition ``a`` itself; same function as ``linear_scan_recurrent``.
+
+    ``a`` may take any real value (e.g. a signed decay in [-1, 1]) or be complex together with ``b``
+    and ``initial_state``. ``a`` may be a broadcast view (e.g. one time-invariant decay expanded over
+    ``[B, T]``): it is only read, never made contiguous. Differentiable in all three inputs.
+    """
+    _check_scan_inputs(a, b, initial_state, name="a")
+    check_chunk_size(chunk_size)
+    return _ChunkedLinearScan.apply(a, b.contiguous(), initial_state.contiguous(), chunk_size)
 
 
 def scan_chunked(
