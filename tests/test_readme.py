@@ -19,3 +19,12 @@ def test_readme_has_python_examples():
 @pytest.mark.parametrize("index", range(len(BLOCKS)))
 def test_readme_python_block_runs(index):
     exec(compile(BLOCKS[index], f"README.md python block {index}", "exec"), {})
+
+
+@pytest.mark.skipif(not README.exists(), reason="README.md not found beside tests/")
+def test_readme_table_lists_every_registered_mixer():
+    from seqmix import list_mixers
+
+    text = README.read_text()
+    missing = [s.name for s in list_mixers() if f"| `{s.name}` |" not in text]
+    assert not missing, f"README's mixer table lacks {missing}"

@@ -58,7 +58,7 @@ def _hf_attention(mixer) -> torch.nn.Module:
 def test_rwkv4_mixer_matches_hf_self_attention(mode):
     torch.manual_seed(0)
     B, T, d = 2, 41, 16
-    mixer = build_mixer("rwkv4", d_model=d, layer_id=1, n_layers=3, chunk_size=16)
+    mixer = build_mixer("rwkv4", d_model=d, layer_idx=1, n_layers=3, chunk_size=16)
     hf = _hf_attention(mixer)
     x = torch.randn(B, T, d)
     with torch.no_grad():

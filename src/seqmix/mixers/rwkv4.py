@@ -16,7 +16,7 @@ form computes it without a loop over time. Parameter names follow the reference
 Hugging Face's ``RwkvSelfAttention`` calls the mixes ``time_mix_key/value/receptance``).
 
 Initialisation: the reference's depth-dependent recipe, which needs the layer's position
-(``layer_id``, ``n_layers``; ``r0 = layer_id / (n_layers - 1)``, ``r1 = 1 - layer_id / n_layers``):
+(``layer_idx``, ``n_layers``; ``r0 = layer_idx / (n_layers - 1)``, ``r1 = 1 - layer_idx / n_layers``):
 ``time_decay[c] = -5 + 8 (c / (d-1))^(0.7 + 1.3 r0)``, ``time_first[c] = ln 0.3 + 0.5 ((c+1) mod 3 - 1)``,
 ``mu_k = (c / d)^r1``, ``mu_v = (c / d)^r1 + 0.3 r0``, ``mu_r = (c / d)^(r1 / 2)``. Deviation: the
 reference zero-initialises ``key``, ``receptance`` and ``output``; a zero ``output`` leaves every
@@ -54,7 +54,7 @@ class RWKV4(Mixer):
 
     Args:
         d_model: model width (also the attention width).
-        layer_id, n_layers: this layer's position in the model, for the depth-dependent init.
+        layer_idx, n_layers: this layer's position in the model, for the depth-dependent init.
         chunk_size: chunk length of the ``"scan"`` form (a power of two).
 
     State: ``RWKV4State(shift, a, b, p)``, each ``[B, d_model]``, constant in the context length.
@@ -62,9 +62,9 @@ class RWKV4(Mixer):
 
     modes = ("scan", "recurrent")
 
-    def __init__(self, d_model: int, layer_id: int = 0, n_layers: int = 1, chunk_size: int = 64) -> None:
+    def __init__(self, d_model: int, layer_idx: int = 0, n_layers: int = 1, chunk_size: int = 64) -> None:
         super().__init__(d_model)
-        r0, r1 = depth_ratios(layer_id, n_layers)
+        r0, r1 = depth_ratios(layer_idx, n_layers)
         self.chunk_size = check_chunk_size(chunk_size)
         d = d_model
         self.time_decay = nn.Parameter(torch.empty(d))

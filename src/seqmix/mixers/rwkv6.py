@@ -20,7 +20,7 @@ arXiv:2404.05892, Section 4 (Eq. 14-22). With ``x_{t-1}`` the previous token (to
 64, GroupNorm epsilon ``1e-5 * 8^2``.
 
 Initialisation follows the authors' depth-dependent recipe; it needs the layer's position, given by
-``layer_id`` and ``n_layers`` (``r0 = layer_id / (n_layers - 1)``, ``r1 = 1 - layer_id / n_layers``):
+``layer_idx`` and ``n_layers`` (``r0 = layer_idx / (n_layers - 1)``, ``r1 = 1 - layer_idx / n_layers``):
 mixes ``1 - (c / d)^r1`` (``v``: minus ``0.3 r0``; ``r``, ``g``: exponent ``r1 / 2``), decay biases
 ``-6 + 5 (c / (d-1))^(0.7 + 1.3 r0)``, bonus ``r0 (1 - c / (d-1)) + 0.1 ((c+1) mod 3 - 1)``,
 ``B`` matrices uniform in +-0.01, orthogonal ``W_{r,k,v,g}``. Deviations: the reference zero-initialises
@@ -53,12 +53,12 @@ class RWKV6State(NamedTuple):
     wkv: torch.Tensor  # [B, n_heads, K, K], the matrix-valued state
 
 
-def depth_ratios(layer_id: int, n_layers: int) -> tuple[float, float]:
-    """RWKV's init ratios ``(layer_id / (n_layers - 1), 1 - layer_id / n_layers)`` after checking both."""
+def depth_ratios(layer_idx: int, n_layers: int) -> tuple[float, float]:
+    """RWKV's init ratios ``(layer_idx / (n_layers - 1), 1 - layer_idx / n_layers)`` after checking both."""
     n_layers = options.positive_int("n_layers", n_layers, "the model's depth, for RWKV's depth-dependent init")
-    if not isinstance(layer_id, int) or isinstance(layer_id, bool) or not 0 <= layer_id < n_layers:
-        raise ValueError(f"layer_id must be an int in [0, n_layers) = [0, {n_layers}), got {layer_id!r}")
-    return layer_id / max(n_layers - 1, 1), 1.0 - layer_id / n_layers
+    if not isinstance(layer_idx, int) or isinstance(layer_idx, bool) or not 0 <= layer_idx < n_layers:
+        raise ValueError(f"layer_idx must be an int in [0, n_layers) = [0, {n_layers}), got {layer_idx!r}")
+    return layer_idx / max(n_layers - 1, 1), 1.0 - layer_idx / n_layers
 
 
 class RWKV6(Mixer):
@@ -67,7 +67,7 @@ class RWKV6(Mixer):
     Args:
         d_model: model width (also the attention width).
         n_heads: heads; head size ``d_model / n_heads``. None: heads of about 64 channels (the paper's).
-        layer_id, n_layers: this layer's position in the model, for the depth-dependent init.
+        layer_idx, n_layers: this layer's position in the model, for the depth-dependent init.
         mix_rank: rank of the token-shift LoRA (paper: 32).
         decay_rank: rank of the decay LoRA (paper: 64).
         chunk_size: chunk length of the ``"chunk"`` form.
@@ -83,7 +83,7 @@ class RWKV6(Mixer):
         self,
         d_model: int,
         n_heads: Optional[int] = None,
-        layer_id: int = 0,
+        layer_idx: int = 0,
         n_layers: int = 1,
         mix_rank: int = 32,
         decay_rank: int = 64,
@@ -93,7 +93,7 @@ class RWKV6(Mixer):
     ) -> None:
         super().__init__(d_model)
         self.n_heads, self.head_dim = options.heads(d_model, n_heads, default_head_dim=64)
-        r0, r1 = depth_ratios(layer_id, n_layers)
+        r0, r1 = depth_ratios(layer_idx, n_layers)
         self.mix_rank = options.positive_int("mix_rank", mix_rank, "rank of the token-shift LoRA")
         self.decay_rank = options.positive_int("decay_rank", decay_rank, "rank of the decay LoRA")
         self.chunk_size = options.positive_int("chunk_size", chunk_size)

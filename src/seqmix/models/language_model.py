@@ -36,6 +36,7 @@ from torch import nn
 
 from seqmix.errors import UserError
 from seqmix.mixers.base import full_precision
+from seqmix.mixers.registry import mixer_options
 from seqmix.models.block import Block
 from seqmix.models.config import ModelConfig
 from seqmix.models.pretrained import PretrainedMixin
@@ -70,6 +71,18 @@ def init_backbone_(embed: nn.Embedding, blocks: Any) -> None:
             nn.init.normal_(block.mlp.w_out.weight, std=out_std)
 
 
+def depth_options(name: str, layer_idx: int, n_layers: int, opts: dict[str, Any]) -> dict[str, Any]:
+    """``opts`` plus the layer's position for mixers whose init depends on depth.
+
+    Mixers that take ``layer_idx`` and ``n_layers`` (HGRN's forget-gate lower bound, RWKV's
+    depth-dependent decay and token-shift init) get them filled in per layer unless set explicitly.
+    """
+    accepted = mixer_options(name)
+    if "layer_idx" in accepted and "n_layers" in accepted:
+        opts = {"layer_idx": layer_idx, "n_layers": n_layers, **opts}
+    return opts
+
+
 def build_blocks(config: Any, make_mixer: Any = None) -> nn.ModuleList:
     """One ``Block`` per layer, the mixers cycled from ``config.pattern``.
 
@@ -77,8 +90,8 @@ def build_blocks(config: Any, make_mixer: Any = None) -> nn.ModuleList:
     by default blocks build registry mixers themselves.
     """
     blocks = []
-    for name in config.layer_mixers():
-        opts = config.options_for(name)
+    for layer_idx, name in enumerate(config.layer_mixers()):
+        opts = depth_options(name, layer_idx, config.n_layers, config.options_for(name))
         mixer = name if make_mixer is None else make_mixer(name, config.d_model, opts)
         blocks.append(Block(
             config.d_model, mixer, mixer_options=opts if isinstance(mixer, str) else None, mlp=config.mlp,
