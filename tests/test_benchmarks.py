@@ -1,4 +1,4 @@
-"""The benchmark scripts keep running (a smoke run at toy sizes; the figures are not checked)."""
+"""The benchmark scripts keep running (smoke runs at toy sizes; the figures themselves are not checked)."""
 
 from __future__ import annotations
 
@@ -9,21 +9,42 @@ from pathlib import Path
 
 import pytest
 
-from seqmix import list_mixers
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+pytestmark = pytest.mark.skipif(not BENCHMARKS.exists(), reason="benchmarks/ not beside tests/")
 
-SPEED = Path(__file__).resolve().parents[1] / "benchmarks" / "speed.py"
 
-
-@pytest.mark.skipif(not SPEED.exists(), reason="benchmarks/ not beside tests/")
-def test_speed_script_runs_at_toy_sizes(tmp_path, monkeypatch, capsys):
-    out = tmp_path / "speed.json"
-    argv = ["speed.py", "--d-model", "16", "--lengths", "8", "20", "--contexts", "3", "--repeats", "1",
-            "--steps", "2", "--json", str(out)]
+def test_speed_script_is_the_speed_command(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "speed"
+    argv = ["speed.py", "--quick", "true", "--mixers", "lstm", "--threads", "1", "--plot", "false",
+            "--progress", "false", "--out", str(out)]
     monkeypatch.setattr(sys, "argv", argv)
-    runpy.run_path(str(SPEED), run_name="__main__")
+    runpy.run_path(str(BENCHMARKS / "speed.py"), run_name="__main__")
+    result = json.loads(out.with_suffix(".json").read_text())
+    assert [m["name"] for m in result["mixers"]] == ["lstm"]
+    assert all(c["median_s"] > 0 for c in result["mixers"][0]["fwd_bwd"])
+    assert "lstm" in capsys.readouterr().out
+
+
+def test_peers_quick_run_skips_missing_peers_cleanly(tmp_path, monkeypatch, capsys):
+    for hidden in ("mambapy", "mambapy.mamba", "transformers", "xlstm"):  # as if not installed
+        monkeypatch.setitem(sys.modules, hidden, None)
+    peers = runpy.run_path(str(BENCHMARKS / "peers.py"), run_name="seqmix_peers_test")
+    out = tmp_path / "peers.json"
+    result = peers["main"](["--quick", "--repeats", "1", "--steps", "3", "--threads", "1",
+                            "--mixers", "lstm,mamba,no_such_mixer", "--json", str(out)])
+    assert json.loads(out.read_text()) == json.loads(json.dumps(result))
+    rows = result["rows"]
+    assert {r["a_label"] for r in rows} == {"lstm", "mamba"}  # unknown names simply match no row
+    for r in rows:
+        assert r["status"] in ("met", "NOT met", "n/a") or r["status"].startswith("skip: "), r
+        if "mambapy" in r["b_label"]:
+            assert r["status"].startswith("skip: mambapy is not installed"), r
+        if "transformers" in r["b_label"]:
+            assert r["status"].startswith("skip: transformers is not installed"), r
+    measured = [r for r in rows if r["b_label"] in ("torch.nn.LSTM", "nn.LSTM one token")]
+    assert len(measured) == 2
+    for r in measured:
+        assert r["status"] in ("met", "NOT met") and r["ratio"] > 0
+        assert r["ratio"] == pytest.approx(r["b_value"] / r["a_value"])
     printed = capsys.readouterr().out
-    results = json.loads(out.read_text())["results"]
-    assert [r["mixer"] for r in results] == [s.name for s in list_mixers()]
-    for r in results:
-        assert r["mixer"] in printed
-        assert all(v > 0 for v in r["fwd_bwd_s"].values()) and all(v > 0 for v in r["step_s"].values())
+    assert "torch.nn.LSTM" in printed and "skip: mambapy" in printed

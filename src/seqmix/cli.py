@@ -39,13 +39,35 @@ def list_command(d_model: int = 256, context_len: int = 4096, format: Literal["t
 
 
 def main(argv: Optional[list[str]] = None) -> None:
+    """Run a subcommand; a user error prints ``error: <one line>`` and exits with code 2, no traceback."""
+    from argparse import ArgumentError
+
     from jsonargparse import auto_cli
+
+    from seqmix.errors import UserError
+    from seqmix.train.commands import eval_command, explain_argument_error, generate_command, train_command
+
+    from seqmix.bench.speed import speed_command
 
     commands = {
         "list": list_command,
+        "train": train_command,
+        "eval": eval_command,
+        "generate": generate_command,
         # ---- commands (each helper adds its own line below, imported from its module)
+        "speed": speed_command,
     }
-    auto_cli(commands, args=sys.argv[1:] if argv is None else argv, as_positional=False)
+    try:
+        auto_cli(commands, args=sys.argv[1:] if argv is None else argv, as_positional=False, exit_on_error=False)
+    except ArgumentError as exc:
+        _fail(explain_argument_error(str(exc)))
+    except UserError as exc:
+        _fail(str(exc))
+
+
+def _fail(message: str) -> None:
+    print(f"error: {' '.join(message.split())}", file=sys.stderr)
+    sys.exit(2)
 
 
 if __name__ == "__main__":
