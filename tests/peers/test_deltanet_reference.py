@@ -25,10 +25,10 @@ def _load_naive():
     pytest.importorskip("einops")
     spec = importlib.util.find_spec("fla")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("flash-linear-attention (fla) is not installed")
+        pytest.skip("flash-linear-attention (fla) is not installed", allow_module_level=True)
     path = Path(next(iter(spec.submodule_search_locations))) / "ops" / "delta_rule" / "naive.py"
     if not path.exists():
-        pytest.skip("this fla version has no naive reference for the delta rule")
+        pytest.skip("this fla version has no naive reference for the delta rule", allow_module_level=True)
     module_spec = importlib.util.spec_from_file_location("_fla_delta_rule_naive", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)

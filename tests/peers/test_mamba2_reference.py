@@ -26,10 +26,10 @@ from seqmix.testing import assert_close
 def _load_fla_naive(family: str):
     spec = importlib.util.find_spec("fla")
     if spec is None or not spec.submodule_search_locations:
-        pytest.skip("flash-linear-attention (fla) is not installed")
+        pytest.skip("flash-linear-attention (fla) is not installed", allow_module_level=True)
     path = Path(next(iter(spec.submodule_search_locations))) / "ops" / family / "naive.py"
     if not path.exists():
-        pytest.skip(f"this fla version has no naive reference for {family}")
+        pytest.skip(f"this fla version has no naive reference for {family}", allow_module_level=True)
     module_spec = importlib.util.spec_from_file_location(f"_fla_{family}_naive", path)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
