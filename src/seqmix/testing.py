@@ -109,3 +109,31 @@ def assert_all_close(
     floor = grad_floor * max((g.abs().max().item() for g in grads), default=0.0)
     for key, want in expected.items():
         assert_close(f"{what}: {key}", actual[key], want, tol, floor if key.startswith("grad of") else 0.0)
+
+
+def load_peer_file(package: str, relative: str) -> Any:
+    """One source file of an installed package, loaded without importing the package itself.
+
+    flash-linear-attention's ``__init__`` imports triton, which a CPU machine may lack, while its naive
+    reference files are plain PyTorch. Skips the calling test (or module) with the reason when the
+    package, the file or something the file imports is missing.
+    """
+    import importlib.util
+    from pathlib import Path
+
+    import pytest
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or not spec.submodule_search_locations:
+        pytest.skip(f"{package} is not installed", allow_module_level=True)
+    path = Path(next(iter(spec.submodule_search_locations))) / relative
+    if not path.exists():
+        pytest.skip(f"this {package} version has no {relative}", allow_module_level=True)
+    name = f"_peer_{package}_" + relative.replace("/", "_").removesuffix(".py")
+    module_spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)  # type: ignore[union-attr]
+    except ImportError as err:
+        pytest.skip(f"cannot load {package}'s {relative}: {err}", allow_module_level=True)
+    return module

@@ -13,32 +13,18 @@ loaded directly from the installed package. Skipped when fla is not installed.
 
 from __future__ import annotations
 
-import importlib.util
 from functools import partial
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 from seqmix.ops.gla import gla_chunk, gla_recurrent
-from seqmix.testing import assert_close
+from seqmix.testing import load_peer_file, assert_close
 
 
 def _load(relative: str, name: str):
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("flash-linear-attention (fla) is not installed", allow_module_level=True)
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.exists():
-        pytest.skip(f"this fla version has no {relative}", allow_module_level=True)
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except ImportError as err:  # e.g. einops missing
-        pytest.skip(f"cannot load fla's {relative}: {err}", allow_module_level=True)
-    return module
+    return load_peer_file("fla", relative)
 
 
 gla_naive = _load("ops/gla/naive.py", "_fla_gla_naive")

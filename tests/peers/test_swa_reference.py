@@ -8,30 +8,16 @@ needs only torch, so it is loaded directly from the installed package.
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
 from seqmix.ops.sliding_window import swa_chunk, swa_parallel, swa_recurrent
-from seqmix.testing import assert_close
+from seqmix.testing import load_peer_file, assert_close
 
 
 def _load(relative: str, name: str):
-    spec = importlib.util.find_spec("fla")
-    if spec is None or not spec.submodule_search_locations:
-        pytest.skip("flash-linear-attention (fla) is not installed", allow_module_level=True)
-    path = Path(next(iter(spec.submodule_search_locations))) / relative
-    if not path.exists():
-        pytest.skip(f"this fla version has no {relative}", allow_module_level=True)
-    module_spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(module_spec)
-    try:
-        module_spec.loader.exec_module(module)
-    except ImportError as err:  # e.g. einops missing
-        pytest.skip(f"cannot load {relative}: {err}", allow_module_level=True)
-    return module
+    return load_peer_file("fla", relative)
 
 
 def _qkv(B, T, H, K, seed):
