@@ -20,7 +20,9 @@ The fla and SDPA peers get random q/k/v/gates, so they do less work than a seqmi
 runs its projections: those ratios are conservative.
 
 Ratios: "speed-up" = peer time / seqmix time (> 1: seqmix is faster); "growth" = time at the larger
-size / time at the smaller; "memory" = peer peak bytes / seqmix peak bytes.
+size / time at the smaller; "memory" = peer peak bytes / seqmix peak bytes (``seqmix.bench.memory``).
+A candidate whose warm-up call takes longer than ``--slow`` seconds (reference loops over T) is timed
+once instead of ``--repeats`` times; the table marks such a figure with (n=1).
 
     python benchmarks/peers.py                      # target shapes (long: the naive peers loop over T)
     python benchmarks/peers.py --quick --json out.json
@@ -289,6 +291,7 @@ class Row:
     b_value: Optional[float] = None
     ratio: Optional[float] = None
     status: str = ""
+    samples: tuple[int, int] = (0, 0)  # timed calls behind a_value and b_value (memory: 1 each)
 
 
 def build_rows(s: dict[str, Any]) -> tuple[list[Row], dict[str, tuple[str, Callable[[], Callable]]]]:
@@ -361,7 +364,7 @@ def build_rows(s: dict[str, Any]) -> tuple[list[Row], dict[str, tuple[str, Calla
 
 
 def measure(rows: list[Row], cands: dict[str, tuple[str, Callable[[], Callable]]], repeats: int, steps: int,
-            log: Callable[[str], None]) -> dict[str, Any]:
+            log: Callable[[str], None], slow: Optional[float] = None) -> dict[str, Any]:
     """Build the candidates the rows need, time them (interleaved), and fill in the rows."""
     needed = list(dict.fromkeys(k for r in rows for k in (r.a, r.b)))
     built: dict[str, Callable] = {}
@@ -379,7 +382,7 @@ def measure(rows: list[Row], cands: dict[str, tuple[str, Callable[[], Callable]]
         group = {k: fn for k, fn in built.items() if cands[k][0] == kind}
         log(f"timing {len(group)} {kind} candidates, {n} interleaved rounds")
         per_call = (lambda i, key: log(f"  call {i + 1}: {key}")) if kind == "fwd_bwd" else None
-        timed.update(time_interleaved(group, repeats=n, warmup=warm, on_round=per_call))
+        timed.update(time_interleaved(group, repeats=n, warmup=warm, on_round=per_call, slow_seconds=slow))
     memory: dict[str, Any] = {}
     for key in dict.fromkeys(k for r in rows if r.kind == "memory" for k in (r.a, r.b)):
         if key in built:
@@ -401,6 +404,7 @@ def measure(rows: list[Row], cands: dict[str, tuple[str, Callable[[], Callable]]
             continue
         r.a_value = float(a.median if isinstance(a, Timing) else a)
         r.b_value = float(b.median if isinstance(b, Timing) else b)
+        r.samples = tuple(len(v.samples) if isinstance(v, Timing) else 1 for v in (a, b))  # type: ignore[assignment]
         r.ratio = r.a_value / r.b_value if r.kind == "growth" else r.b_value / max(r.a_value, 1e-30)
         if r.target is None:
             r.status = "n/a"
@@ -412,18 +416,20 @@ def measure(rows: list[Row], cands: dict[str, tuple[str, Callable[[], Callable]]
             "unavailable": failed}
 
 
-def _fmt(value: Optional[float], kind: str, section: str) -> str:
+def _fmt(value: Optional[float], kind: str, section: str, samples: int = 0, repeats: int = 0) -> str:
     if value is None:
         return "-"
     if kind == "memory":
         return f"{value / 2**20:,.1f} MiB"
-    return f"{value * 1e6:,.0f} us" if section.startswith("step") else f"{value * 1e3:,.1f} ms"
+    text = f"{value * 1e6:,.0f} us" if section.startswith("step") else f"{value * 1e3:,.1f} ms"
+    return text + (f" (n={samples})" if 0 < samples < repeats else "")  # fewer samples: a slow candidate
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], repeats: int) -> None:
     header = ["section", "seqmix", "peer / baseline", "seqmix", "peer", "ratio", "target", "status"]
-    lines = [[r.section, r.a_label, r.b_label, _fmt(r.a_value, r.kind, r.section),
-              _fmt(r.b_value, r.kind, r.section), "-" if r.ratio is None else f"{r.ratio:.2f} {r.kind}",
+    lines = [[r.section, r.a_label, r.b_label, _fmt(r.a_value, r.kind, r.section, r.samples[0], repeats),
+              _fmt(r.b_value, r.kind, r.section, r.samples[1], repeats),
+              "-" if r.ratio is None else f"{r.ratio:.2f} {r.kind}",
               r.target_text or "-", r.status if len(r.status) <= 110 else r.status[:107] + "..."] for r in rows]
     widths = [max(len(h), *(len(line[i]) for line in lines)) for i, h in enumerate(header[:-1])]
     fmt = " | ".join(f"{{:<{w}}}" for w in widths) + " | {}"
@@ -438,6 +444,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--quick", action="store_true", help="toy sizes: a smoke run of every row")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved fwd+bwd rounds (median reported)")
     parser.add_argument("--steps", type=int, default=200, help="interleaved single-step rounds (median)")
+    parser.add_argument("--slow", type=float, default=60.0,
+                        help="a candidate whose warm-up call takes longer than this many seconds is timed once")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--mixers", default=None, help="comma-separated seqmix mixers: keep only their rows")
     parser.add_argument("--filter", default=None, help="keep rows whose seqmix or peer label contains this")
@@ -456,10 +464,10 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     with num_threads(args.threads) as threads:
         print(f"torch {torch.__version__}, {threads} threads; float32; every candidate timed in "
               f"{args.repeats} interleaved rounds (step: {args.steps}); ratios are the figures to read")
-        raw = measure(rows, cands, args.repeats, args.steps, log)
-    print_table(rows)
+        raw = measure(rows, cands, args.repeats, args.steps, log, args.slow)
+    print_table(rows, args.repeats)
     result = {"shapes": {k: list(v) if isinstance(v, tuple) else v for k, v in shapes.items()},
-              "torch": torch.__version__, "threads": threads, "repeats": args.repeats,
+              "torch": torch.__version__, "threads": threads, "repeats": args.repeats, "slow_s": args.slow,
               "rows": [asdict(r) for r in rows], **raw}
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

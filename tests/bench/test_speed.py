@@ -175,3 +175,11 @@ def test_interleaved_rounds_visit_every_candidate_and_isolate_failures():
     time_interleaved({"a": cands["a"], "b": cands["b"]}, repeats=2, warmup=0, interleave=False)
     assert calls == ["a", "a", "b", "b"]
     assert len(time_calls(lambda: None, calls=4, warmup=0).samples) == 4
+
+
+def test_a_slow_candidate_is_timed_once():
+    import time
+
+    result = time_interleaved({"fast": lambda: None, "slow": lambda: time.sleep(0.03)}, repeats=3, warmup=1,
+                              slow_seconds=0.02)
+    assert len(result["fast"].samples) == 3 and len(result["slow"].samples) == 1

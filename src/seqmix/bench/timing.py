@@ -107,6 +107,7 @@ def time_interleaved(
     device: Union[str, torch.device, None] = None,
     interleave: bool = True,
     on_round: Optional[Callable[[int, K], None]] = None,
+    slow_seconds: Optional[float] = None,
 ) -> dict[K, Union[Timing, BaseException]]:
     """Time each candidate ``repeats`` times after ``warmup`` untimed calls.
 
@@ -122,6 +123,8 @@ def time_interleaved(
         device: the device to synchronize before and after each call (CUDA runs asynchronously).
         interleave: interleave candidates across rounds (see the module docstring).
         on_round: called as ``on_round(call_index, key)`` before every call, e.g. to advance a progress bar.
+        slow_seconds: a candidate whose warm-up call took longer than this is timed once, in the first
+            round, instead of ``repeats`` times (a budget for reference loops that take minutes).
 
     Returns:
         key -> ``Timing`` or the exception the candidate raised.
@@ -130,6 +133,7 @@ def time_interleaved(
         raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
     results: dict[K, Union[Timing, BaseException]] = {}
     samples: dict[K, list[float]] = {key: [] for key in candidates}
+    warm: dict[K, float] = {}
     calls = 0
 
     def run(key: K, timed: bool) -> None:
@@ -146,6 +150,8 @@ def time_interleaved(
             return
         if timed:
             samples[key].append(elapsed)
+        else:
+            warm[key] = elapsed
 
     order = [(key, r) for r in range(repeats) for key in candidates] if interleave else [
         (key, r) for key in candidates for r in range(repeats)
@@ -153,7 +159,9 @@ def time_interleaved(
     for key in candidates:
         for _ in range(warmup):
             run(key, timed=False)
-    for key, _ in order:
+    for key, r in order:
+        if r > 0 and slow_seconds is not None and warm.get(key, 0.0) > slow_seconds:
+            continue
         run(key, timed=True)
     for key in candidates:
         if key not in results:
