@@ -98,10 +98,16 @@ def seqmix_fwd_bwd(name: str, B: int, T: int, D: int) -> Callable[[], None]:
     return _fwd_bwd(lambda: mixer(x), _leaves(mixer, x))
 
 
+_STEP_MIXERS: dict[tuple[str, int], nn.Module] = {}
+
+
 def seqmix_step(name: str, context: int, D: int) -> Callable[[], Any]:
+    """One step after ``context`` tokens; every context of a mixer shares one instance (only the state differs)."""
     if name not in REGISTRY:
         raise Skip(f"seqmix has no mixer {name!r} yet")
-    mixer = build_mixer(name, d_model=D).eval()
+    if (name, D) not in _STEP_MIXERS:
+        _STEP_MIXERS[(name, D)] = build_mixer(name, d_model=D).eval()
+    mixer = _STEP_MIXERS[(name, D)]
     with torch.no_grad():
         _, state = mixer(torch.randn(1, context, D))  # prefill by the whole-sequence form
     x_t = torch.randn(1, D)  # [1, D]
@@ -382,7 +388,9 @@ def measure(rows: list[Row], cands: dict[str, tuple[str, Callable[[], Callable]]
         group = {k: fn for k, fn in built.items() if cands[k][0] == kind}
         log(f"timing {len(group)} {kind} candidates, {n} interleaved rounds")
         per_call = (lambda i, key: log(f"  call {i + 1}: {key}")) if kind == "fwd_bwd" else None
-        timed.update(time_interleaved(group, repeats=n, warmup=warm, on_round=per_call, slow_seconds=slow))
+        # steps take microseconds: a shuffled order per round spreads cache effects of the neighbours
+        timed.update(time_interleaved(group, repeats=n, warmup=warm, on_round=per_call, slow_seconds=slow,
+                                      shuffle=kind == "step"))
     memory: dict[str, Any] = {}
     for key in dict.fromkeys(k for r in rows if r.kind == "memory" for k in (r.a, r.b)):
         if key in built:

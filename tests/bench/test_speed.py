@@ -183,3 +183,13 @@ def test_a_slow_candidate_is_timed_once():
     result = time_interleaved({"fast": lambda: None, "slow": lambda: time.sleep(0.03)}, repeats=3, warmup=1,
                               slow_seconds=0.02)
     assert len(result["fast"].samples) == 3 and len(result["slow"].samples) == 1
+
+
+def test_shuffled_rounds_vary_the_order_but_not_the_work():
+    calls = []
+    cands = {k: (lambda k=k: calls.append(k)) for k in "abcde"}
+    result = time_interleaved(cands, repeats=4, warmup=0, shuffle=True)
+    rounds = [calls[i:i + 5] for i in range(0, 20, 5)]
+    assert all(sorted(r) == list("abcde") for r in rounds)  # every round visits every candidate once
+    assert len({tuple(r) for r in rounds}) > 1  # in more than one order
+    assert all(len(t.samples) == 4 for t in result.values())

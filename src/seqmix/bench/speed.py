@@ -28,7 +28,7 @@ import torch
 from seqmix import options
 from seqmix.bench.flops import achieved_fraction, count_flops, matmul_ceiling
 from seqmix.bench.memory import peak_memory
-from seqmix.bench.timing import Timing, num_threads, reason as _reason, time_calls, time_interleaved
+from seqmix.bench.timing import Timing, num_threads, reason as _reason, time_interleaved
 from seqmix.errors import UserError
 from seqmix.mixers.registry import build_mixer, get_spec, list_mixers
 
@@ -94,15 +94,27 @@ def _fwd_bwd(mixer: torch.nn.Module, x: torch.Tensor, grad: torch.Tensor) -> Cal
     return run
 
 
-def _step_latency(mixer: Any, context: int, batch: int, steps: int, dtype: torch.dtype, device: torch.device,
-                  generator: torch.Generator) -> Timing:
-    """Median latency of ``step`` on a state built by a whole-sequence forward over ``context`` tokens."""
+def _step_latencies(mixer: Any, contexts: tuple[int, ...], batch: int, steps: int, dtype: torch.dtype,
+                    device: torch.device, generator: torch.Generator) -> dict[int, Union[Timing, BaseException]]:
+    """Latency of one ``step`` after each context, on states built by a whole-sequence forward.
+
+    The contexts are timed in shuffled interleaved rounds of single calls, so that their ratio (does a
+    step get slower as the context grows?) is measured under the same conditions.
+    """
+    calls: dict[int, Callable[[], Any]] = {}
+    failed: dict[int, BaseException] = {}
     with torch.no_grad():
-        x = torch.randn(batch, context, mixer.d_model, generator=generator).to(device, dtype)  # [B, c, D]
-        _, state = mixer(x)
         x_t = torch.randn(batch, mixer.d_model, generator=generator).to(device, dtype)  # [B, D]
-        # every call starts from the same prefilled state, so each one is a step at exactly `context`
-        return time_calls(lambda: mixer.step(x_t, state), calls=steps, warmup=3, device=device)
+        for c in contexts:
+            try:
+                x = torch.randn(batch, c, mixer.d_model, generator=generator).to(device, dtype)  # [B, c, D]
+                _, state = mixer(x)
+                # every call starts from the same prefilled state: each one is a step at exactly `c`
+                calls[c] = lambda state=state: mixer.step(x_t, state)
+            except Exception as error:  # noqa: BLE001 - reported per context
+                failed[c] = error
+        timed = time_interleaved(calls, repeats=steps, warmup=3, device=device, shuffle=True)
+    return {c: failed[c] if c in failed else timed[c] for c in contexts}
 
 
 def run_speed(
@@ -208,17 +220,23 @@ def run_speed(
         # 5. decoding
         for name, mixer in built.items():
             mixer.eval()
+            say(f"step latency: {name}")
+            if getattr(mixer, "causal", True):
+                latencies = _step_latencies(mixer, context_lens, step_batch_size, steps, torch_dtype, dev, gen)
+            else:
+                latencies = {c: RuntimeError("non-causal mixer has no step") for c in context_lens}
             for c in context_lens:
                 step: dict[str, Any] = {"context": c, "error": None}
                 entries[name]["step"].append(step)
-                say(f"step latency: {name} context={c}")
                 try:
                     step["state_size"] = mixer.state_size(c)
-                    if not getattr(mixer, "causal", True):
-                        raise RuntimeError("non-causal mixer has no step")
-                    step.update(_step_latency(mixer, c, step_batch_size, steps, torch_dtype, dev, gen).as_dict())
                 except Exception as error:  # noqa: BLE001
                     step["error"] = _reason(error)
+                result = latencies[c]
+                if isinstance(result, BaseException):
+                    step["error"] = step["error"] or _reason(result)
+                else:
+                    step.update(result.as_dict())
             try:  # bounded: the state after the longest context is no larger than after one token
                 entries[name]["bounded_state"] = mixer.state_size(max(context_lens)) == mixer.state_size(1)
             except Exception:  # noqa: BLE001 - already reported in the step cells
@@ -237,7 +255,8 @@ def run_speed(
                               "before it (CPU: torch.profiler allocation events; CUDA: max_memory_allocated)",
                 "flops": "matmul FLOPs by the formulas of torch.utils.flop_counter "
                          "(+ CPU SDPA and fused RNN kernels); element-wise work counts zero",
-                "step": "median of single step calls on a state prefilled by forward over the context",
+                "step": "median of single step calls on a state prefilled by forward over the context; "
+                        "the contexts of a mixer alternate in shuffled rounds",
             },
             "mixers": list(entries.values()),
         }

@@ -10,6 +10,7 @@ Ratios measured this way in one run are trustworthy; absolute figures from a bus
 from __future__ import annotations
 
 import contextlib
+import random
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ def time_interleaved(
     interleave: bool = True,
     on_round: Optional[Callable[[int, K], None]] = None,
     slow_seconds: Optional[float] = None,
+    shuffle: bool = False,
 ) -> dict[K, Union[Timing, BaseException]]:
     """Time each candidate ``repeats`` times after ``warmup`` untimed calls.
 
@@ -125,6 +127,8 @@ def time_interleaved(
         on_round: called as ``on_round(call_index, key)`` before every call, e.g. to advance a progress bar.
         slow_seconds: a candidate whose warm-up call took longer than this is timed once, in the first
             round, instead of ``repeats`` times (a budget for reference loops that take minutes).
+        shuffle: visit the candidates in a new (seeded) random order every round, so that no candidate
+            always runs right after the same neighbour (whose data it may find in cache, or evict).
 
     Returns:
         key -> ``Timing`` or the exception the candidate raised.
@@ -153,8 +157,11 @@ def time_interleaved(
         else:
             warm[key] = elapsed
 
-    order = [(key, r) for r in range(repeats) for key in candidates] if interleave else [
-        (key, r) for key in candidates for r in range(repeats)
+    keys = list(candidates)
+    rng = random.Random(0)
+    rounds = [rng.sample(keys, len(keys)) if shuffle else keys for _ in range(repeats)]
+    order = [(key, r) for r in range(repeats) for key in rounds[r]] if interleave else [
+        (key, r) for key in keys for r in range(repeats)
     ]
     for key in candidates:
         for _ in range(warmup):
