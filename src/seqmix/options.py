@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["positive_int", "boolean", "number", "heads"]
+__all__ = ["positive_int", "boolean", "number", "heads", "layer_position"]
 
 
 def _hint(hint: str) -> str:
@@ -55,3 +55,11 @@ def heads(d_model: int, n_heads: Any, *, rotary: bool = False, default_head_dim:
             f"(d_model={d_model}, n_heads={n_heads}); choose another n_heads or pass rotary=False"
         )
     return n_heads, head_dim
+
+
+def layer_position(layer_idx: Any, n_layers: Any) -> tuple[int, int]:
+    """Check a mixer's depth options (filled in per layer by the models): ``0 <= layer_idx < n_layers``."""
+    n_layers = positive_int("n_layers", n_layers, "the depth of the model this mixer sits in")
+    if not isinstance(layer_idx, int) or isinstance(layer_idx, bool) or not 0 <= layer_idx < n_layers:
+        raise ValueError(f"layer_idx must be an int in [0, n_layers - 1] = [0, {n_layers - 1}], got {layer_idx!r}")
+    return layer_idx, n_layers

@@ -106,3 +106,46 @@ def test_a_diverging_run_stops_with_a_clear_error(tmp_path):
 
     with pytest.raises(UserError, match="training diverged.*lower optim.lr"):
         _trainer(tmp_path, model, task, max_steps=200, optim={"lr": 10.0}).fit()
+
+
+def test_compiled_training_matches_eager(make_config):
+    """trainer.compile gives the eager losses (or, without a working compiler, falls back to eager)."""
+    model = {"pattern": ["attention"]}
+    eager = train_language_model(make_config(model=model, trainer={"max_steps": 3}, out="eager"))
+    compiled = train_language_model(make_config(model=model, trainer={"max_steps": 3, "compile": True},
+                                                out="compiled"))
+    torch.testing.assert_close(torch.tensor(compiled.losses), torch.tensor(eager.losses), rtol=1e-4, atol=1e-4)
+
+
+def test_a_compiler_failure_falls_back_to_eager_with_a_warning(tmp_path, monkeypatch):
+    import torch._dynamo.exc as dynamo_exc
+
+    calls = []
+
+    def broken_compile(module, *args, **kwargs):
+        def fail(*a, **k):
+            calls.append("compiled")
+            raise dynamo_exc.TorchDynamoException("no C++ compiler found")
+        return fail
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    torch.manual_seed(0)
+    model, task = nn.Linear(4, 1), Regression()
+    reference = nn.Linear(4, 1)
+    reference.load_state_dict(model.state_dict())
+    with pytest.warns(UserWarning, match="torch.compile failed .*no C\\+\\+ compiler.*without it"):
+        result = _trainer(tmp_path, model, task, max_steps=3, compile=True).fit()
+    assert calls == ["compiled"]  # tried once, then eager for good
+    expected = _trainer(tmp_path / "ref", reference, Regression(), max_steps=3).fit()
+    assert result.losses == expected.losses
+
+
+def test_an_error_in_the_model_is_not_mistaken_for_a_compiler_failure(tmp_path, monkeypatch):
+    monkeypatch.setattr(torch, "compile", lambda module, *a, **k: (lambda *x: module(*x)))  # a stand-in wrapper
+
+    class Broken(nn.Linear):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch in the user's model")
+
+    with pytest.raises(RuntimeError, match="user's model"):
+        _trainer(tmp_path, Broken(4, 1), Regression(), compile=True).fit()

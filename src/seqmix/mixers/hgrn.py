@@ -73,11 +73,7 @@ class HGRN(Mixer):
         negative_eigenvalues: bool = False,
     ) -> None:
         super().__init__(d_model)
-        self.n_layers = options.positive_int("n_layers", n_layers, "the depth of the stack this mixer sits in")
-        if not isinstance(layer_idx, int) or isinstance(layer_idx, bool) or not 0 <= layer_idx < self.n_layers:
-            raise ValueError(
-                f"layer_idx must be an int in [0, n_layers - 1] = [0, {self.n_layers - 1}], got {layer_idx!r}"
-            )
+        layer_idx, self.n_layers = options.layer_position(layer_idx, n_layers)
         self.layer_idx = layer_idx
         self.expand_ratio = options.positive_int("expand_ratio", expand_ratio, "d_inner = expand_ratio * d_model")
         self.norm_eps = options.number("norm_eps", norm_eps, minimum=0, strict=True)

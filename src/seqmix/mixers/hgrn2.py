@@ -17,8 +17,10 @@ This is the gated linear attention recurrence with ``q = g``, ``k = 1 - f``, ``v
 ``n_heads=None`` picks heads of about 128 channels that divide ``d_model``.
 
 Lower bound: HGRN learns ``beta`` per layer and channel at the *model* level (softmax over layers, then
-a cumulative sum, so that upper layers forget more slowly). A mixer does not know its depth, so here
-``lower_bound`` is a fixed number in [0, 1) that a model builder sets per layer (0 in the first layer).
+a cumulative sum, so that upper layers forget more slowly). A mixer sees only its own layer, so, as in
+``seqmix.mixers.hgrn``, the bound is that construction at its initialisation: the constant
+``layer_idx / n_layers`` (the models fill in both per layer; 0 in the first layer). ``lower_bound``
+overrides it with any fixed number in [0, 1).
 
 ``negative_eigenvalues=True`` extends the transition to ``2 f - 1`` in (-1, 1] (Grazzi et al. 2024,
 arXiv:2411.12537) and leaves the tied key ``1 - f`` as it is: only the state transition changes, as in
@@ -49,7 +51,8 @@ class HGRN2(Mixer):
         d_model: model width.
         n_heads: heads; the head width ``d_model / n_heads`` is the expand ratio (paper: 128). None: heads
             of about 128 channels.
-        lower_bound: the forget gate's lower bound beta in [0, 1) for this layer.
+        lower_bound: the forget gate's lower bound beta in [0, 1); None: ``layer_idx / n_layers``.
+        layer_idx, n_layers: this layer's position in the model (filled in by the models).
         chunk_size: chunk length of the ``"chunk"`` form.
         norm_eps: epsilon of the output LayerNorm.
         negative_eigenvalues: transitions ``2 f - 1`` in (-1, 1] instead of ``f`` in (0, 1].
@@ -63,13 +66,18 @@ class HGRN2(Mixer):
         self,
         d_model: int,
         n_heads: Optional[int] = None,
-        lower_bound: float = 0.0,
+        lower_bound: Optional[float] = None,
+        layer_idx: int = 0,
+        n_layers: int = 1,
         chunk_size: int = 64,
         norm_eps: float = 1e-5,
         negative_eigenvalues: bool = False,
     ) -> None:
         super().__init__(d_model)
         self.n_heads, self.head_dim = options.heads(d_model, n_heads, default_head_dim=128)
+        self.layer_idx, self.n_layers = options.layer_position(layer_idx, n_layers)
+        if lower_bound is None:
+            lower_bound = self.layer_idx / self.n_layers
         lower_bound = options.number("lower_bound", lower_bound, minimum=0, hint="and < 1")
         if lower_bound >= 1:
             raise ValueError(f"lower_bound must be a number >= 0 and < 1, got {lower_bound!r}")

@@ -55,9 +55,7 @@ class RWKV6State(NamedTuple):
 
 def depth_ratios(layer_idx: int, n_layers: int) -> tuple[float, float]:
     """RWKV's init ratios ``(layer_idx / (n_layers - 1), 1 - layer_idx / n_layers)`` after checking both."""
-    n_layers = options.positive_int("n_layers", n_layers, "the model's depth, for RWKV's depth-dependent init")
-    if not isinstance(layer_idx, int) or isinstance(layer_idx, bool) or not 0 <= layer_idx < n_layers:
-        raise ValueError(f"layer_idx must be an int in [0, n_layers) = [0, {n_layers}), got {layer_idx!r}")
+    layer_idx, n_layers = options.layer_position(layer_idx, n_layers)
     return layer_idx / max(n_layers - 1, 1), 1.0 - layer_idx / n_layers
 
 

@@ -25,6 +25,8 @@ def rotary_inv_freq(
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
     device = torch.device(device) if device is not None else None
+    if torch.compiler.is_compiling():  # the compiler traces through caches; it folds the constant itself
+        return _inv_freq.__wrapped__(head_dim, float(base), device, dtype or torch.get_default_dtype())
     return _inv_freq(head_dim, float(base), device, dtype or torch.get_default_dtype())
 
 

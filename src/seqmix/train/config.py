@@ -134,6 +134,7 @@ class TrainerConfig:
     time_budget_s: Optional[float] = None  # stop after this many seconds of training (evaluation excluded), then evaluate and checkpoint
     grad_accum: int = 1  # micro-batches per optimizer step (effective batch = batch_size * grad_accum * processes)
     precision: str = "fp32"  # "fp32" or "bf16" (bfloat16 autocast on CPU and GPU; weights and optimizer stay fp32)
+    compile: bool = False  # torch.compile the training forward/backward (evaluation stays eager); falls back to eager with a warning when compilation fails, e.g. without a C++ compiler
     eval_interval: int = 500  # evaluate on the whole validation split every this many steps (0 = only at the end)
     log_interval: int = 10  # write training metrics every this many steps
     checkpoint_interval: int = 500  # write last/ every this many steps (0 = only at the end and on Ctrl-C)
@@ -162,7 +163,7 @@ class TrainerConfig:
             _check("trainer", options.positive_int, "threads", self.threads)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or self.seed < 0:
             raise UserError(f"trainer.seed must be an int >= 0, got {self.seed!r}")
-        for name in ("keep_best", "progress", "tensorboard", "overwrite"):
+        for name in ("compile", "keep_best", "progress", "tensorboard", "overwrite"):
             _check("trainer", options.boolean, name, getattr(self, name))
         if not self.out_dir:
             raise UserError("trainer.out_dir must be a directory path, got an empty string")

@@ -32,6 +32,7 @@ import math
 import signal
 import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -69,6 +70,11 @@ class TrainResult:
     checkpoint: Optional[Path] = None  # the last/ directory written (rank 0)
 
 
+def _is_compile_failure(error: BaseException) -> bool:
+    """Whether ``error`` comes from torch.compile's machinery (Dynamo or Inductor), not from the model."""
+    return any(cls.__module__.startswith(("torch._dynamo", "torch._inductor")) for cls in type(error).__mro__)
+
+
 class Trainer:
     """A reusable training loop; see the module docstring for the task protocol."""
 
@@ -101,6 +107,9 @@ class Trainer:
 
             ids = [self.device.index] if self.device.type == "cuda" else None
             self.train_model = DistributedDataParallel(model, device_ids=ids)
+        self._eager_model = self.train_model
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
         self.step = 0
         self.train_seconds = 0.0
         self.tokens_seen = 0
@@ -255,7 +264,25 @@ class Trainer:
         return result
 
     def _train_step(self, train_seconds: float) -> tuple[float, int, float, float]:
-        """One optimizer step; returns (mean loss, items seen by this process, lr, gradient norm)."""
+        """One optimizer step; returns (mean loss, items seen by this process, lr, gradient norm).
+
+        With ``trainer.compile``, a compilation failure (it surfaces in the first forward or backward)
+        switches to the eager model and redoes the step from cleared gradients.
+        """
+        if self.train_model is self._eager_model:
+            return self._step_once(train_seconds)
+        try:
+            return self._step_once(train_seconds)
+        except Exception as error:  # noqa: BLE001 - only compiler failures are handled, the rest re-raised
+            if not _is_compile_failure(error):
+                raise
+            first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+            warnings.warn(f"torch.compile failed ({first_line[:200]}); training continues without it", stacklevel=2)
+            self.train_model = self._eager_model
+            self.optimizer.zero_grad(set_to_none=True)
+            return self._step_once(train_seconds)
+
+    def _step_once(self, train_seconds: float) -> tuple[float, int, float, float]:
         cfg, accum = self.cfg, self.cfg.grad_accum
         # 1. the scheduled learning rate (a function of the step and of rank 0's training time)
         lr = learning_rate(self.optim_cfg, self.step, cfg.max_steps, train_seconds, cfg.time_budget_s)
@@ -267,7 +294,7 @@ class Trainer:
         for micro in range(accum):
             batch = self.task.batch(self.step * accum + micro)
             sync = micro == accum - 1 or not self.dist.enabled
-            with (contextlib.nullcontext() if sync else self.train_model.no_sync()):  # type: ignore[operator]
+            with (contextlib.nullcontext() if sync else self._eager_model.no_sync()):  # type: ignore[operator]
                 with self.autocast():
                     loss, n = self.task.loss(self.train_model, batch)
                 (loss / accum).backward()
