@@ -73,3 +73,47 @@ def test_mixers_draw_orthogonal_recurrent_blocks(name, gates):
         block = w_hh[g * 10 : (g + 1) * 10]
         torch.testing.assert_close(block @ block.T, torch.eye(10), atol=1e-5, rtol=0, msg=f"{name} block {g}")
     assert m.out_proj is not None and m(torch.randn(2, 3, 12))[0].shape == (2, 3, 12)
+
+
+# --------------------------------------------------------------------------- the GRU's hand-written backward
+@pytest.mark.parametrize("B,T,D,H", [(1, 1, 3, 4), (3, 2, 5, 2), (2, 29, 4, 9)])
+@pytest.mark.parametrize("used", ["both", "h_all", "h_T"])
+def test_gru_adjoint_gradients_equal_the_loop(B, T, D, H, used):
+    """Every gradient, with the loss on both outputs or on one only (the other's gradient is None)."""
+    from seqmix.ops.gru_adjoint import gru_fused_adjoint
+
+    g = torch.Generator().manual_seed(B * 100 + T)
+    args = [torch.randn(B, T, D, generator=g, dtype=F64), 0.7 * torch.randn(3 * H, D, generator=g, dtype=F64),
+            0.7 * torch.randn(3 * H, H, generator=g, dtype=F64), torch.randn(3 * H, generator=g, dtype=F64),
+            torch.randn(3 * H, generator=g, dtype=F64), torch.randn(B, H, generator=g, dtype=F64)]
+    grads = []
+    for form in (gru_recurrent, gru_fused_adjoint):
+        leaves = [a.clone().requires_grad_(True) for a in args]
+        h_all, h_T = form(*leaves)
+        loss = {"both": (h_all * 1.3).sum() + (h_T**2).sum(), "h_all": (h_all**2).sum(), "h_T": h_T.sum()}[used]
+        grads.append(torch.autograd.grad(loss, leaves))
+    for name, a, b in zip(["x", "w_ih", "w_hh", "b_ih", "b_hh", "h0"], *grads):
+        torch.testing.assert_close(b, a, rtol=1e-10, atol=1e-10, msg=f"d/d{name}")
+
+
+def test_gru_adjoint_with_saturated_gates_matches_the_loop():
+    from seqmix.ops.gru_adjoint import gru_fused_adjoint
+
+    g = torch.Generator().manual_seed(5)
+    args = [torch.randn(2, 12, 3, generator=g, dtype=F64), 30 * torch.randn(9, 3, generator=g, dtype=F64),
+            30 * torch.randn(9, 3, generator=g, dtype=F64), torch.zeros(9, dtype=F64), torch.zeros(9, dtype=F64),
+            torch.randn(2, 3, generator=g, dtype=F64)]
+    inputs = dict(zip(["x", "w_ih", "w_hh", "b_ih", "b_hh", "initial_state"], args))
+    want = outputs_and_grads(gru_recurrent, inputs, output_names=["h_all", "h_T"])
+    got = outputs_and_grads(gru_fused_adjoint, inputs, output_names=["h_all", "h_T"])
+    assert_all_close(got, want, 1e-9, "saturated gates")
+
+
+def test_gru_fused_keeps_pytorchs_backward_under_autocast():
+    """Under CPU autocast the kernel computes in bfloat16; PyTorch's own backward handles the casts."""
+    rnn = _module("gru", 4, 6).float()
+    x = torch.randn(2, 5, 4, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        h_all, _ = gru_fused(x, *rnn.all_weights[0], torch.zeros(2, 6))
+    h_all.float().sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

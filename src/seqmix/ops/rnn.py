@@ -22,13 +22,15 @@ We follow PyTorch so that its fused kernel and our step share the very same weig
 Every form takes ``x: [B, T, D]``, the four weight tensors ``w_ih [G*H, D], w_hh [G*H, H], b_ih [G*H],
 b_hh [G*H]`` (G = 1 for Elman, 3 for GRU) and ``initial_state: [B, H]``, and returns
 ``(h_all: [B, T, H], h_T: [B, H])``. ``*_recurrent`` is the spec (a Python loop over the cell);
-``*_fused`` calls the kernel ``nn.RNN`` / ``nn.GRU`` use (oneDNN on CPU, cuDNN on GPU). Both recurrences
+``*_fused`` calls the kernel ``nn.RNN`` / ``nn.GRU`` use (oneDNN on CPU, cuDNN on GPU); on a CPU the GRU's is differentiated by the hand-written backward of ``seqmix.ops.gru_adjoint``. Both recurrences
 are nonlinear in ``h``, so no parallel-in-time form exists; the fused kernel is the fast path.
 """
 
 from __future__ import annotations
 
 import torch
+
+from seqmix.ops.gru_adjoint import gru_fused_adjoint
 
 __all__ = ["elman_cell", "elman_recurrent", "elman_fused", "gru_cell", "gru_recurrent", "gru_fused"]
 
@@ -84,6 +86,13 @@ def gru_recurrent(x, w_ih, w_hh, b_ih, b_hh, initial_state):
 
 
 def gru_fused(x, w_ih, w_hh, b_ih, b_hh, initial_state):
-    """PyTorch's fused single-layer GRU (the kernel behind ``nn.GRU``)."""
+    """PyTorch's fused single-layer GRU (the kernel behind ``nn.GRU``).
+
+    On a CPU, outside autocast, it is differentiated by ``seqmix.ops.gru_adjoint`` (PyTorch's own CPU GRU
+    backward replays every step's autograd graph and is about 2x slower); on a GPU and under autocast,
+    by PyTorch's (cuDNN's on a GPU).
+    """
+    if x.device.type == "cpu" and not torch.is_autocast_enabled("cpu"):
+        return gru_fused_adjoint(x, w_ih, w_hh, b_ih, b_hh, initial_state)
     h_all, h_n = torch.gru(x, initial_state.unsqueeze(0), [w_ih, w_hh, b_ih, b_hh], True, 1, 0.0, False, False, True)
     return h_all, h_n.squeeze(0)
