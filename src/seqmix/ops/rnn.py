@@ -22,8 +22,9 @@ We follow PyTorch so that its fused kernel and our step share the very same weig
 Every form takes ``x: [B, T, D]``, the four weight tensors ``w_ih [G*H, D], w_hh [G*H, H], b_ih [G*H],
 b_hh [G*H]`` (G = 1 for Elman, 3 for GRU) and ``initial_state: [B, H]``, and returns
 ``(h_all: [B, T, H], h_T: [B, H])``. ``*_recurrent`` is the spec (a Python loop over the cell);
-``*_fused`` calls the kernel ``nn.RNN`` / ``nn.GRU`` use (oneDNN on CPU, cuDNN on GPU); on a CPU the GRU's is differentiated by the hand-written backward of ``seqmix.ops.gru_adjoint``. Both recurrences
-are nonlinear in ``h``, so no parallel-in-time form exists; the fused kernel is the fast path.
+``*_fused`` calls the kernel ``nn.RNN`` / ``nn.GRU`` use (oneDNN on CPU, cuDNN on GPU); on a CPU the
+GRU's is differentiated by the hand-written backward of ``seqmix.ops.gru_adjoint``. Both recurrences are
+nonlinear in ``h``, so no parallel-in-time form exists; the fused kernel is the fast path.
 """
 
 from __future__ import annotations
