@@ -156,3 +156,47 @@ def test_bad_arguments_fail_clearly():
         selective_scan_recurrent(*args[:5], args[5][:1])
     with pytest.raises(ValueError, match="share one dtype"):
         selective_scan_chunked(args[0].float(), *args[1:])
+
+
+# --------------------------------------------------------------------------- the mixer's fast forward path
+@pytest.mark.parametrize("T", [1, 37, 150])
+def test_mixer_pieces_match_one_pass(monkeypatch, T):
+    """A long sequence runs as pieces that carry the state: same outputs, state and gradients as one pass."""
+    import seqmix.mixers.mamba as mamba_mixer
+
+    torch.manual_seed(0)
+    mixer = mamba_mixer.Mamba(d_model=8, d_state=4, chunk_size=8).double()
+    x = torch.randn(2, T, 8, dtype=torch.float64)
+    state = mixer.init_state(2, dtype=torch.float64)
+    state = mamba_mixer.MambaState(torch.randn_like(state.conv), torch.randn_like(state.ssm))
+    inputs = {"x": x, "conv state": state.conv, "ssm state": state.ssm}
+
+    def form(x, conv, ssm):
+        y, s = mixer(x, mamba_mixer.MambaState(conv, ssm))
+        return y, s.conv, s.ssm
+
+    names = ["output y", "final conv state", "final ssm state"]
+    params = dict(mixer.named_parameters())
+    expected = outputs_and_grads(form, inputs, params=params, output_names=names)
+    # 2 * d_inner = 32 floats a row, batch 2: pieces of 24 tokens (a multiple of the chunk), the last one short
+    monkeypatch.setattr(mamba_mixer, "_PIECE_FLOATS", 32 * 2 * 24)
+    assert mixer._piece_len(2, T) == 24
+    actual = outputs_and_grads(form, inputs, params=params, output_names=names)
+    assert len(actual) == len(expected) > len(names) + len(inputs)  # parameter gradients are compared too
+    assert_all_close(actual, expected, 1e-10, f"Mamba forward in pieces, T={T}")
+
+
+@pytest.mark.parametrize("kernel_size,bias", [(4, True), (2, False), (1, True)])
+def test_mixer_conv_matches_causal_conv1d(kernel_size, bias):
+    """The mixer's shifted multiply-add conv is CausalConv1d's function: outputs and carried state."""
+    from seqmix.mixers.mamba import Mamba
+
+    torch.manual_seed(0)
+    mixer = Mamba(d_model=4, d_conv=kernel_size, conv_bias=bias).double()
+    for T in (1, 2, 9):
+        xs = torch.randn(3, T, mixer.d_inner, dtype=torch.float64)
+        state = torch.randn(3, mixer.d_inner, kernel_size - 1, dtype=torch.float64)
+        y, new_state = mixer._conv(xs, state)
+        y_ref, state_ref = mixer.conv(xs, state)
+        torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12, msg=f"conv output, K={kernel_size}, T={T}")
+        torch.testing.assert_close(new_state, state_ref, rtol=0, atol=0, msg=f"conv state, K={kernel_size}, T={T}")

@@ -19,11 +19,20 @@ Forms (same signature):
 
 - ``selective_scan_recurrent``: a Python loop over ``selective_scan_step``, the spec.
 - ``selective_scan_chunked``: a loop over chunks of ``chunk_size`` tokens. Inside a chunk the decays
-  and inputs ``[B, C, D, N]`` are built, scanned with the Blelloch scan of ``ops/scan.py`` and
-  contracted with ``C_t`` at once, so only one chunk of the ``[B, T, D, N]`` state sequence exists at
-  a time. A custom backward recomputes each chunk from the state saved at its start (the strategy of
-  the paper's fused kernel, Section 3.3.2), so autograd keeps only the inputs plus one ``[B, D, N]``
-  state per chunk, not the ``[B, T, D, N]`` tensors.
+  and inputs are built at once in reused ``[B, C, N, D]`` buffers (D innermost, so the broadcasts over
+  N and D vectorise), the recurrence runs one token at a time as a single in-place ``addcmul_`` on a
+  cache-resident ``[B, N, D]`` slice, and the chunk's states are contracted with ``C_t`` at once, so
+  only one chunk of the ``[B, T, D, N]`` state sequence exists at a time. A custom backward recomputes
+  each chunk from the state saved at its start (the strategy of the paper's fused kernel, Section
+  3.3.2) and runs the adjoint recurrence the same way, so autograd keeps only the inputs plus one
+  ``[B, D, N]`` state per chunk.
+
+  Why a token loop and not a parallel scan inside the chunk (measured on the project's 2-core CPU box at
+  B=4, T=4096, D=512, N=16, float32): the scan is memory-bound, and the token loop does one fused
+  multiply-add per state element where a Blelloch scan does about four strided ones (it also multiplies
+  the decays); at 32K elements a slice, the per-call overhead is small next to the work. The fwd+bwd
+  of the op went from about 1.3 s (Blelloch, [B, C, D, N] layout) to about 0.9 s. The token loop is
+  also exact for any decay: no log-space re-anchoring, nothing to overflow, signed decays as they are.
 """
 
 from __future__ import annotations
@@ -32,7 +41,7 @@ from typing import Optional
 
 import torch
 
-from seqmix.ops.scan import blelloch_scan_, check_chunk_size, next_pow2
+from seqmix.ops.scan import check_chunk_size
 
 __all__ = ["selective_scan_step", "selective_scan_recurrent", "selective_scan_chunked"]
 
@@ -100,19 +109,25 @@ def selective_scan_recurrent(
 
 
 # --------------------------------------------------------------------------- the chunked form
-def _pad_time(t: torch.Tensor, length: int, value: float) -> torch.Tensor:
-    """Pad dim 1 of ``t`` to ``length`` with ``value`` (the scan's identity element)."""
-    if t.shape[1] == length:
-        return t
-    out = t.new_full((t.shape[0], length) + tuple(t.shape[2:]), value)
-    out[:, : t.shape[1]] = t
-    return out
+def _scan_(a: torch.Tensor, x: torch.Tensor, h0: torch.Tensor) -> None:
+    """In place along dim 1: ``x_t = a_t x_{t-1} + x_t`` with ``x_{-1} = h0``; ``a, x: [B, c, N, D]``."""
+    xs, as_ = x.unbind(1), a.unbind(1)
+    xs[0].addcmul_(as_[0], h0)
+    for t in range(1, len(xs)):
+        xs[t].addcmul_(as_[t], xs[t - 1])
 
 
-def _chunks(T: int, chunk_size: int) -> list[tuple[int, int, int]]:
-    """``(start, end, padded length)`` per chunk; a short chunk is padded to the next power of two."""
-    block = min(chunk_size, next_pow2(T))
-    return [(s, min(T, s + block), next_pow2(min(T, s + block) - s)) for s in range(0, T, block)]
+def _scan_reverse_(a: torch.Tensor, x: torch.Tensor, g: torch.Tensor) -> None:
+    """In place, backwards: ``x_t = a_{t+1} x_{t+1} + x_t``, and ``g`` added at the last step (the adjoint)."""
+    xs, as_ = x.unbind(1), a.unbind(1)
+    xs[-1].add_(g)
+    for t in range(len(xs) - 2, -1, -1):
+        xs[t].addcmul_(as_[t + 1], xs[t + 1])
+
+
+def _decays(delta: torch.Tensor, AT: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+    """``out = exp(delta_t[d] * A[d, n])`` in the ``[B, c, N, D]`` layout; ``delta: [B, c, D]``, ``AT: [N, D]``."""
+    return torch.mul(delta[:, :, None, :], AT, out=out).exp_()
 
 
 class _SelectiveScan(torch.autograd.Function):
@@ -120,96 +135,88 @@ class _SelectiveScan(torch.autograd.Function):
     def forward(ctx, u, delta, A, Bm, Cm, h0, chunk_size, negative_eigenvalues):  # type: ignore[override]
         Bsz, T, D = u.shape
         N = A.shape[1]
-        chunks = _chunks(T, chunk_size)
-        du = delta * u  # [B, T, D]
+        C = min(chunk_size, T)
+        n_chunks = -(-T // C)
+        AT = A.t().contiguous()  # [N, D]
         y = u.new_empty(Bsz, T, D)  # [B, T, D]
-        starts = u.new_empty(Bsz, len(chunks), D, N)  # [B, n_chunks, D, N], the state entering each chunk
-        h = h0
-        for k, (s, e, Lp) in enumerate(chunks):
+        # the state entering each chunk, and the last one: [B, n_chunks + 1, N, D]
+        starts = u.new_empty(Bsz, n_chunks + 1, N, D)
+        starts[:, 0] = h0.transpose(1, 2)
+        a_buf = u.new_empty(Bsz, C, N, D)  # [B, C, N, D], reused by every chunk
+        x_buf = u.new_empty(Bsz, C, N, D)  # [B, C, N, D]
+        for k, s in enumerate(range(0, T, C)):
+            e = min(T, s + C)
             c = e - s
-            starts[:, k] = h
-            # 1. decays and inputs of the chunk, padded with the identity (a=1, x=0) to Lp
-            a = _pad_time(_decay(delta[:, s:e], A, negative_eigenvalues), Lp, 1.0)  # [B, Lp, D, N]
-            x = _pad_time(du[:, s:e, :, None] * Bm[:, s:e, None, :], Lp, 0.0)  # [B, Lp, D, N]
-            # 2. fold the carried state into the first step, then scan from zero
-            x[:, 0].addcmul_(a[:, 0], h)
-            blelloch_scan_(a, x)
+            # 1. decays and inputs delta_t u_t B_t of the chunk
+            a = _decays(delta[:, s:e], AT, a_buf[:, :c])  # [B, c, N, D]
+            if negative_eigenvalues:
+                a.mul_(2.0).sub_(1.0)
+            x = torch.mul(Bm[:, s:e, :, None], (delta[:, s:e] * u[:, s:e])[:, :, None, :], out=x_buf[:, :c])
+            # 2. the recurrence, one token at a time over [B, N, D] (cache-resident) slices
+            _scan_(a, x, starts[:, k])
             # 3. contract with C_t now, so the chunk's states can be dropped
-            y[:, s:e] = torch.matmul(x[:, :c], Cm[:, s:e, :, None]).squeeze(-1)  # [B, c, D]
-            h = x[:, c - 1].clone()  # [B, D, N]
-        ctx.chunk_size = chunk_size
+            y[:, s:e] = torch.matmul(Cm[:, s:e, None, :], x).squeeze(2)  # [B, c, D]
+            starts[:, k + 1] = x[:, c - 1]
+        ctx.chunk_size = C
         ctx.negative_eigenvalues = negative_eigenvalues
         ctx.save_for_backward(u, delta, A, Bm, Cm, starts)
-        return y, h
+        return y, starts[:, n_chunks].transpose(1, 2).contiguous()
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Optional[torch.Tensor], grad_last: Optional[torch.Tensor]):  # type: ignore[override]
         u, delta, A, Bm, Cm, starts = ctx.saved_tensors
         Bsz, T, D = u.shape
-        if grad_y is None:
-            grad_y = torch.zeros_like(u)
-        grad_y = grad_y.contiguous()
-        du = delta * u  # [B, T, D]
-        g_du = torch.empty_like(u)  # [B, T, D]
-        g_delta = torch.empty_like(u)  # [B, T, D], the part through the decays
-        g_A = torch.zeros_like(A)  # [D, N]
+        N = A.shape[1]
+        C = ctx.chunk_size
+        neg = ctx.negative_eigenvalues
+        n_chunks = starts.shape[1] - 1
+        AT = A.t().contiguous()  # [N, D]
+        grad_y = torch.zeros_like(u) if grad_y is None else grad_y.contiguous()
+        grad_u = torch.empty_like(u)  # [B, T, D]
+        grad_delta = torch.empty_like(u)  # [B, T, D]
+        g_AT = torch.zeros_like(AT)  # [N, D]
         g_B = torch.empty_like(Bm)  # [B, T, N]
         g_C = torch.empty_like(Cm)  # [B, T, N]
-        # lam_T: gradient reaching the state that leaves the current chunk from later chunks
-        G = torch.zeros_like(starts[:, 0]) if grad_last is None else grad_last.clone()  # [B, D, N]
-        for k, (s, e, Lp) in reversed(list(enumerate(_chunks(T, ctx.chunk_size)))):
+        # gradient reaching the state that leaves the current chunk from later chunks: [B, N, D]
+        G = u.new_zeros(Bsz, N, D) if grad_last is None else grad_last.transpose(1, 2).contiguous()
+        a_buf, h_buf, lam_buf, tmp_buf = (u.new_empty(Bsz, C, N, D) for _ in range(4))  # [B, C, N, D] each
+        e_buf = u.new_empty(Bsz, C, N, D) if neg else None
+        for k in range(n_chunks - 1, -1, -1):
+            s = k * C
+            e = min(T, s + C)
             c = e - s
-            h_start = starts[:, k]  # [B, D, N]
-            # 1. recompute the chunk's states h (as in the forward pass)
-            if ctx.negative_eigenvalues:
-                # the derivative of a = 2 exp(delta A) - 1 is 2 exp(delta A), kept apart: as a + 1 it would
-                # cancel to 0 where exp(delta A) underflows next to 1
-                deriv = torch.exp_(delta[:, s:e, :, None] * A).mul_(2.0)  # [B, c, D, N]
-                a = deriv - 1.0  # [B, c, D, N]
+            h_start = starts[:, k]  # [B, N, D]
+            du = delta[:, s:e] * u[:, s:e]  # [B, c, D]
+            # 1. decays; with negative eigenvalues the derivative of a = 2 exp(delta A) - 1 is 2 exp(delta A),
+            # kept apart: as a + 1 it would cancel to 0 where exp(delta A) underflows next to 1
+            if neg:
+                deriv = _decays(delta[:, s:e], AT, e_buf[:, :c]).mul_(2.0)  # [B, c, N, D]
+                a = torch.sub(deriv, 1.0, out=a_buf[:, :c])
             else:
-                a = _decay(delta[:, s:e], A, False)  # [B, c, D, N]
-            a0 = a[:, 0].clone()  # [B, D, N]
-            # the adjoint runs backwards with the decay of the NEXT step: a_next[t] = a[t+1]
-            a_next = torch.empty_like(a, memory_format=torch.contiguous_format)  # [B, c, D, N]
-            a_next[:, : c - 1] = a[:, 1:]
-            a_next[:, c - 1].fill_(1.0)
-            a, a_next = _pad_time(a, Lp, 1.0), _pad_time(a_next, Lp, 1.0)  # [B, Lp, D, N]
-            h = _pad_time(du[:, s:e, :, None] * Bm[:, s:e, None, :], Lp, 0.0)  # [B, Lp, D, N]
-            h[:, 0].addcmul_(a0, h_start)
-            blelloch_scan_(a, h)
-            del a
-            h = h[:, :c]
-            # 2. d h_t / d(delta_t A) = a_t h_{t-1}, which for t >= 1 is a_next[t-1] h[t-1] (no shifted copy
-            # of h); with negative eigenvalues it is 2 exp(delta_t A) h_{t-1}
-            if ctx.negative_eigenvalues:
-                ah_prev = deriv[:, 1:].mul_(h[:, : c - 1])  # [B, c-1, D, N]
-                da0 = deriv[:, 0]  # [B, D, N]
-                del deriv
-            else:
-                ah_prev = a_next[:, : c - 1] * h[:, : c - 1]  # [B, c-1, D, N]
-                da0 = a0
-            # 3. adjoint lam_t = dL/dh_t = C_t grad_y_t + a_{t+1} lam_{t+1}; lam at the chunk end also gets G
-            lam = _pad_time(grad_y[:, s:e, :, None] * Cm[:, s:e, None, :], Lp, 0.0)  # [B, Lp, D, N]
-            lam[:, c - 1] += G
-            blelloch_scan_(a_next, lam, reverse=True)
-            del a_next
-            lam = lam[:, :c]
-            # 4. gradients of the chunk's inputs
-            g_C[:, s:e] = torch.matmul(grad_y[:, s:e, None, :], h).squeeze(2)  # sum_d gy[d] h[d, n]
-            g_du[:, s:e] = torch.matmul(lam, Bm[:, s:e, :, None]).squeeze(-1)  # sum_n lam[d, n] B[n]
-            g_B[:, s:e] = torch.matmul(du[:, s:e, None, :], lam).squeeze(2)  # sum_d du[d] lam[d, n]
-            # P_t = dL/d(delta_t A) = lam_t a_t h_{t-1}; then chain through log a = delta * A
-            P = ah_prev.mul_(lam[:, 1:])  # [B, c-1, D, N], steps 1..c-1
-            P0 = lam[:, 0] * da0 * h_start  # [B, D, N], step 0 (h_{-1} is the carried state)
-            g_delta[:, s + 1 : e] = torch.einsum("bcdn,dn->bcd", P, A)
-            g_delta[:, s] = torch.einsum("bdn,dn->bd", P0, A)
-            g_A += (P * delta[:, s + 1 : e, :, None]).sum((0, 1)) + (P0 * delta[:, s, :, None]).sum(0)
-            # 5. gradient reaching the state that enters this chunk
-            G = a0 * lam[:, 0]
-        grad_u = g_du * delta
-        grad_delta = g_delta + g_du * u
-        return grad_u, grad_delta, g_A, g_B, g_C, G, None, None
+                a = deriv = _decays(delta[:, s:e], AT, a_buf[:, :c])
+            # 2. recompute the chunk's states h from the saved start state
+            h = torch.mul(Bm[:, s:e, :, None], du[:, :, None, :], out=h_buf[:, :c])  # [B, c, N, D]
+            _scan_(a, h, h_start)
+            # 3. adjoint lam_t = dL/dh_t = C_t grad_y_t + a_{t+1} lam_{t+1}; the chunk's last step also gets G
+            lam = torch.mul(Cm[:, s:e, :, None], grad_y[:, s:e, None, :], out=lam_buf[:, :c])  # [B, c, N, D]
+            _scan_reverse_(a, lam, G)
+            G = a[:, 0] * lam[:, 0]  # [B, N, D], for the previous chunk
+            # 4. gradients of C, B and du = delta u: contractions over D or N
+            g_C[:, s:e] = torch.matmul(h, grad_y[:, s:e, :, None]).squeeze(-1)  # sum_d h[n, d] gy[d]
+            g_B[:, s:e] = torch.matmul(lam, du[:, :, :, None]).squeeze(-1)  # sum_d lam[n, d] du[d]
+            g_du = torch.matmul(Bm[:, s:e, None, :], lam).squeeze(2)  # [B, c, D], sum_n B[n] lam[n, d]
+            # 5. P_t = dL/d(delta_t A) = lam_t a'_t h_{t-1}, with h_{-1} the chunk's start state; then chain
+            # through delta_t * A (a' = a, or 2 exp(delta A) with negative eigenvalues)
+            P = deriv.mul_(lam)  # [B, c, N, D]
+            P[:, 1:].mul_(h[:, : c - 1])
+            P[:, 0].mul_(h_start)
+            tmp = torch.mul(P, AT, out=tmp_buf[:, :c])
+            g_dd = tmp.sum(2)  # [B, c, D], the part of dL/d delta through the decays
+            g_AT += torch.mul(P, delta[:, s:e, None, :], out=tmp).sum((0, 1))
+            torch.mul(g_du, delta[:, s:e], out=grad_u[:, s:e])
+            torch.addcmul(g_dd, g_du, u[:, s:e], out=grad_delta[:, s:e])
+        return grad_u, grad_delta, g_AT.t(), g_B, g_C, G.transpose(1, 2), None, None
 
 
 def selective_scan_chunked(
@@ -224,7 +231,8 @@ def selective_scan_chunked(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Chunked selective scan, same function as ``selective_scan_recurrent``; differentiable in every input.
 
-    ``chunk_size`` must be a power of two. Peak extra memory is a few ``[B, chunk_size, D, N]`` tensors.
+    ``chunk_size`` must be a power of two (the mixers' option); a shorter sequence uses one chunk of ``T``.
+    Peak extra memory is a few ``[B, chunk_size, N, D]`` buffers and one ``[B, N, D]`` state per chunk.
     """
     _check(u, delta, A, Bm, Cm, initial_state)
     check_chunk_size(chunk_size)
