@@ -159,33 +159,6 @@ def test_bad_arguments_fail_clearly():
 
 
 # --------------------------------------------------------------------------- the mixer's fast forward path
-@pytest.mark.parametrize("T", [1, 37, 150])
-def test_mixer_pieces_match_one_pass(monkeypatch, T):
-    """A long sequence runs as pieces that carry the state: same outputs, state and gradients as one pass."""
-    import seqmix.mixers.mamba as mamba_mixer
-
-    torch.manual_seed(0)
-    mixer = mamba_mixer.Mamba(d_model=8, d_state=4, chunk_size=8).double()
-    x = torch.randn(2, T, 8, dtype=torch.float64)
-    state = mixer.init_state(2, dtype=torch.float64)
-    state = mamba_mixer.MambaState(torch.randn_like(state.conv), torch.randn_like(state.ssm))
-    inputs = {"x": x, "conv state": state.conv, "ssm state": state.ssm}
-
-    def form(x, conv, ssm):
-        y, s = mixer(x, mamba_mixer.MambaState(conv, ssm))
-        return y, s.conv, s.ssm
-
-    names = ["output y", "final conv state", "final ssm state"]
-    params = dict(mixer.named_parameters())
-    expected = outputs_and_grads(form, inputs, params=params, output_names=names)
-    # 2 * d_inner = 32 floats a row, batch 2: pieces of 24 tokens (a multiple of the chunk), the last one short
-    monkeypatch.setattr(mamba_mixer, "_PIECE_FLOATS", 32 * 2 * 24)
-    assert mixer._piece_len(2, T) == 24
-    actual = outputs_and_grads(form, inputs, params=params, output_names=names)
-    assert len(actual) == len(expected) > len(names) + len(inputs)  # parameter gradients are compared too
-    assert_all_close(actual, expected, 1e-10, f"Mamba forward in pieces, T={T}")
-
-
 @pytest.mark.parametrize("kernel_size,bias", [(4, True), (2, False), (1, True)])
 def test_mixer_conv_matches_causal_conv1d(kernel_size, bias):
     """The mixer's shifted multiply-add conv is CausalConv1d's function: outputs and carried state."""

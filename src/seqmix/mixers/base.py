@@ -25,7 +25,11 @@ from torch import nn
 
 from seqmix.state import State, state_tensors
 
-__all__ = ["Mixer", "State", "full_precision"]
+__all__ = ["Mixer", "State", "full_precision", "PIECE_FLOATS"]
+
+#: the widest activation of one piece of a long sequence on a CPU (4M floats, 16 MB in float32); see
+#: ``Mixer._piece_len``
+PIECE_FLOATS = 1 << 22
 
 
 def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
@@ -77,7 +81,14 @@ class Mixer(nn.Module):
             state = self.init_state(x.shape[0], device=x.device, dtype=self.state_dtype(x.dtype))
         else:
             state = self.check_state(state, x.shape[0])
-        return self._forward(x, state, mode)
+        piece = self._piece_len(x, mode)
+        if piece is None:
+            return self._forward(x, state, mode)
+        ys = []
+        for s in range(0, x.shape[1], piece):  # the streaming invariant makes this the same function
+            y, state = self._forward(x[:, s : s + piece], state, mode)
+            ys.append(y)
+        return torch.cat(ys, dim=1), state
 
     def step(self, x_t: torch.Tensor, state: Optional[State] = None) -> tuple[torch.Tensor, State]:
         """Consume one token ``x_t: [B, D]``; returns ``(y_t: [B, D], new_state)``."""
@@ -157,6 +168,31 @@ class Mixer(nn.Module):
         return mode
 
     # ------------------------------------------------------------------ for subclasses
+    def _piece_width(self) -> Optional[int]:
+        """Floats per token of this mixer's widest activation, for ``forward``'s CPU pieces; None: no pieces.
+
+        A mixer opts in when running a long sequence as pieces that carry the state has been measured to
+        pay on a CPU (see ``PIECE_FLOATS``).
+        """
+        return None
+
+    def _piece_len(self, x: torch.Tensor, mode: str) -> Optional[int]:
+        """Tokens per piece for ``x``, or None to run it in one ``_forward`` call.
+
+        On a CPU, glibc serves every allocation of 32 MB or more by a fresh ``mmap``, so each wide
+        activation of a long sequence is page-faulted anew (on a small VM that cost several times the
+        arithmetic of the op that filled it). Pieces keep the widest activation under ``PIECE_FLOATS``
+        floats, where freed memory is reused. A piece is a whole number of the mixer's chunks and at least
+        one chunk; reference modes (``"recurrent"``) and other devices always run in one call.
+        """
+        width = self._piece_width()
+        if width is None or x.device.type != "cpu" or mode == "recurrent":
+            return None
+        chunk = int(getattr(self, "chunk_size", 1))
+        piece = max(chunk, PIECE_FLOATS // (width * x.shape[0]))
+        piece -= piece % chunk
+        return piece if x.shape[1] > piece else None
+
     def _forward(self, x: torch.Tensor, state: State, mode: str) -> tuple[torch.Tensor, State]:
         raise NotImplementedError
 

@@ -36,9 +36,6 @@ from seqmix.ops.scan import check_chunk_size
 
 __all__ = ["Mamba", "MambaState"]
 
-# the widest activation of one piece of a long sequence: 4M floats (16 MB in float32), see _forward
-_PIECE_FLOATS = 1 << 22
-
 
 class MambaState(NamedTuple):
     """Streaming state of one Mamba block."""
@@ -120,29 +117,10 @@ class Mamba(Mixer):
         return x, delta, Bm, Cm
 
     # ------------------------------------------------------------------ contract
-    def _piece_len(self, batch_size: int, T: int) -> int:
-        """Tokens per piece of ``_forward``: at most ``_PIECE_FLOATS`` floats in the widest activation."""
-        rows = max(1, _PIECE_FLOATS // (2 * self.d_inner))  # in_proj's output is [rows, 2 * d_inner]
-        piece = max(self.chunk_size, rows // batch_size)  # at least one chunk: a big batch gets no pieces
-        return piece - piece % self.chunk_size
+    def _piece_width(self) -> int:
+        return 2 * self.d_inner  # in_proj's output; measured: pieces pay on a CPU (Mixer._piece_len)
 
     def _forward(self, x: torch.Tensor, state: MambaState, mode: str) -> tuple[torch.Tensor, MambaState]:
-        # A long sequence runs as consecutive pieces carrying the state (the streaming invariant makes
-        # this the same function). Why: glibc serves every allocation of 32 MB or more by a fresh mmap,
-        # so each [B, T, d_inner] activation of a long sequence is page-faulted anew; on the project's
-        # CPU box that cost about 10x the arithmetic of the op that filled it. Pieces keep every
-        # activation under that size, where freed memory is reused.
-        # On a GPU (cached allocator) pieces would only cost parallelism.
-        piece = self._piece_len(x.shape[0], x.shape[1])
-        if x.device.type != "cpu" or x.shape[1] <= piece:
-            return self._forward_piece(x, state, mode)
-        ys = []
-        for s in range(0, x.shape[1], piece):
-            y, state = self._forward_piece(x[:, s : s + piece], state, mode)
-            ys.append(y)
-        return torch.cat(ys, dim=1), state
-
-    def _forward_piece(self, x: torch.Tensor, state: MambaState, mode: str) -> tuple[torch.Tensor, MambaState]:
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, d_inner] each
         xs, conv_state = self._conv(xs, state.conv)
         # the recurrence accumulates in the state's dtype (float32 under bf16 autocast)

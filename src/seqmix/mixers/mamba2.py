@@ -152,6 +152,9 @@ class Mamba2(Mixer):
         return F.rms_norm(y * F.silu(z.to(y.dtype)), (self.d_inner,), self.norm_weight.to(y.dtype), self.norm_eps)
 
     # ------------------------------------------------------------------ contract
+    def _piece_width(self) -> int:
+        return self.in_proj.out_features  # measured: pieces pay on a CPU (Mixer._piece_len)
+
     def _forward(self, x: torch.Tensor, state: Mamba2State, mode: str) -> tuple[torch.Tensor, Mamba2State]:
         B, T, _ = x.shape
         z, xBC, dt = self._project(x)

@@ -167,6 +167,9 @@ class MLSTM(Mixer):
         return (h + self.skip.to(h.dtype) * x_c.to(h.dtype)) * F.silu(z.to(h.dtype))
 
     # ------------------------------------------------------------------ contract
+    def _piece_width(self) -> int:
+        return self.up_proj.out_features  # measured: pieces pay on a CPU (Mixer._piece_len)
+
     def _forward(self, x: torch.Tensor, state: MLSTMState, mode: str) -> tuple[torch.Tensor, MLSTMState]:
         x_m, z = self.up_proj(x).chunk(2, dim=-1)  # [B, T, inner] each
         x_c, conv_state = self.conv(x_m, state.conv)
