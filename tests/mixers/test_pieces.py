@@ -21,7 +21,7 @@ PIECED = [s.name for s in list_mixers() if _mixer(s.name)._piece_width() is not 
 
 
 def test_the_mixers_measured_to_gain_opt_in():
-    assert set(PIECED) >= {"mamba", "mamba2", "mlstm"}
+    assert set(PIECED) >= {"mamba", "mamba2", "mlstm", "rwkv6"}
 
 
 @pytest.mark.parametrize("name", PIECED)

@@ -169,10 +169,11 @@ class Mixer(nn.Module):
 
     # ------------------------------------------------------------------ for subclasses
     def _piece_width(self) -> Optional[int]:
-        """Floats per token of this mixer's widest activation, for ``forward``'s CPU pieces; None: no pieces.
+        """Floats per token that set the length of ``forward``'s CPU pieces; None (the default): no pieces.
 
-        A mixer opts in when running a long sequence as pieces that carry the state has been measured to
-        pay on a CPU (see ``PIECE_FLOATS``).
+        Usually the width of the mixer's widest activation, so that no activation of a piece exceeds
+        ``PIECE_FLOATS``; a mixer may report the width whose pieces measured fastest. A mixer opts in
+        only where running a long sequence as pieces that carry the state has been measured to pay.
         """
         return None
 
