@@ -169,7 +169,7 @@ def test_mixer_conv_matches_causal_conv1d(kernel_size, bias):
     for T in (1, 2, 9):
         xs = torch.randn(3, T, mixer.d_inner, dtype=torch.float64)
         state = torch.randn(3, mixer.d_inner, kernel_size - 1, dtype=torch.float64)
-        y, new_state = mixer._conv(xs, state)
+        y, new_state = mixer.conv.forward_shifted(xs, state)
         y_ref, state_ref = mixer.conv(xs, state)
         torch.testing.assert_close(y, y_ref, rtol=1e-12, atol=1e-12, msg=f"conv output, K={kernel_size}, T={T}")
         torch.testing.assert_close(new_state, state_ref, rtol=0, atol=0, msg=f"conv state, K={kernel_size}, T={T}")

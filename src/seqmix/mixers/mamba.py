@@ -122,7 +122,7 @@ class Mamba(Mixer):
 
     def _forward(self, x: torch.Tensor, state: MambaState, mode: str) -> tuple[torch.Tensor, MambaState]:
         xs, z = self.in_proj(x).chunk(2, dim=-1)  # [B, T, d_inner] each
-        xs, conv_state = self._conv(xs, state.conv)
+        xs, conv_state = self.conv.forward_shifted(xs, state.conv)  # measured faster here
         # the recurrence accumulates in the state's dtype (float32 under bf16 autocast)
         xs, delta, Bm, Cm = (t.to(state.ssm.dtype) for t in self._ssm_inputs(xs))
         A = -torch.exp(self.A_log.to(state.ssm.dtype))  # [d_inner, d_state]
@@ -132,26 +132,6 @@ class Mamba(Mixer):
             y, ssm = selective_scan_recurrent(xs, delta, A, Bm, Cm, state.ssm, self.negative_eigenvalues)
         y = (y + xs * self.D) * F.silu(z)  # [B, T, d_inner]
         return self.out_proj(y.to(x.dtype)), MambaState(conv_state, ssm)
-
-    def _conv(self, xs: torch.Tensor, conv_state: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``self.conv``'s function (same weights, same state) as K shifted multiply-adds in ``[B, T, C]``.
-
-        ``CausalConv1d`` runs ``F.conv1d`` on ``[B, C, T]``: two transposed copies, and an output whose
-        transposed layout slows every elementwise op after it; this form keeps the channels innermost
-        (measured: about half the fwd+bwd time of conv + SiLU at B=4, T=1024, C=512).
-        """
-        conv = self.conv
-        K, T = conv.kernel_size, xs.shape[1]
-        conv._check_state(conv_state, xs.shape[0])
-        # [B, K-1+T, C], the last K-1 inputs of the previous piece first, in the input's dtype
-        window = torch.cat([conv_state.to(xs.dtype).transpose(1, 2), xs], dim=1)
-        w = conv.weight[:, 0, :]  # [C, K]
-        y = window[:, :T] * w[:, 0] if conv.bias is None else torch.addcmul(conv.bias, window[:, :T], w[:, 0])
-        for k in range(1, K):
-            y = y.addcmul(window[:, k : k + T], w[:, k])  # [B, T, C]
-        # [B, C, K-1], a copy, so the state does not keep the window alive
-        new_state = window[:, window.shape[1] - (K - 1) :].transpose(1, 2).to(conv_state.dtype, copy=True)
-        return y, new_state
 
     def _step(self, x_t: torch.Tensor, state: MambaState) -> tuple[torch.Tensor, MambaState]:
         xs, z = self.in_proj(x_t).chunk(2, dim=-1)  # [B, d_inner] each

@@ -269,12 +269,10 @@ class Trainer:
         With ``trainer.compile``, a compilation failure (it surfaces in the first forward or backward)
         switches to the eager model and redoes the step from cleared gradients.
         """
-        if self.train_model is self._eager_model:
-            return self._step_once(train_seconds)
         try:
             return self._step_once(train_seconds)
         except Exception as error:  # noqa: BLE001 - only compiler failures are handled, the rest re-raised
-            if not _is_compile_failure(error):
+            if self.train_model is self._eager_model or not _is_compile_failure(error):
                 raise
             first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
             warnings.warn(f"torch.compile failed ({first_line[:200]}); training continues without it", stacklevel=2)
