@@ -27,12 +27,13 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["attention_step", "attention_recurrent", "attention_parallel", "causal_cache_mask"]
+__all__ = ["attention_step", "attention_recurrent", "attention_parallel", "causal_cache_mask", "softmax_scale"]
 
 KV = tuple[torch.Tensor, torch.Tensor]
 
 
-def _scale(q: torch.Tensor, scale: Optional[float]) -> float:
+def softmax_scale(q: torch.Tensor, scale: Optional[float]) -> float:
+    """``scale``, or the usual ``1 / sqrt(head_dim)`` of the queries ``q: [..., K]`` when it is None."""
     return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
 
@@ -50,7 +51,7 @@ def attention_step(
     """
     k_cache = torch.cat((state[0], k_t.unsqueeze(2)), dim=2)  # [B, H, t+1, K]
     v_cache = torch.cat((state[1], v_t.unsqueeze(2)), dim=2)  # [B, H, t+1, V]
-    scores = torch.einsum("bhk,bhsk->bhs", q_t, k_cache) * _scale(q_t, scale)  # [B, H, t+1]
+    scores = torch.einsum("bhk,bhsk->bhs", q_t, k_cache) * softmax_scale(q_t, scale)  # [B, H, t+1]
     o_t = torch.einsum("bhs,bhsv->bhv", scores.softmax(dim=-1), v_cache)  # [B, H, V]
     return o_t, (k_cache, v_cache)
 
@@ -78,7 +79,7 @@ def attention_recurrent(
     v_all = torch.cat((initial_state[1], v), dim=2)  # [B, H, T0+T, V]
     outputs = []
     for t in range(T):
-        scores = torch.einsum("bhk,bhsk->bhs", q[:, :, t], k_all) * _scale(q, scale)  # [B, H, T0+T]
+        scores = torch.einsum("bhk,bhsk->bhs", q[:, :, t], k_all) * softmax_scale(q, scale)  # [B, H, T0+T]
         outputs.append(torch.einsum("bhs,bhsv->bhv", scores.softmax(dim=-1), v_all))  # [B, H, V]
     return torch.stack(outputs, dim=2), (k_all, v_all)
 
@@ -107,11 +108,11 @@ def attention_parallel(
     T, T0 = q.shape[2], initial_state[0].shape[2]
     if T0 == 0:
         k_all, v_all = k, v  # [B, H, T, K], [B, H, T, V]
-        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=_scale(q, scale))
+        o = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=softmax_scale(q, scale))
         return o, (k_all, v_all)
 
     k_all = torch.cat((initial_state[0], k), dim=2)  # [B, H, T0+T, K]
     v_all = torch.cat((initial_state[1], v), dim=2)  # [B, H, T0+T, V]
     mask = causal_cache_mask(T, T0, q.device) if causal else None  # [T, T0+T]
-    o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=_scale(q, scale))
+    o = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, scale=softmax_scale(q, scale))
     return o, (k_all, v_all)  # o: [B, H, T, V]

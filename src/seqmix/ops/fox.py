@@ -31,21 +31,16 @@ with ``q, k: [B, H, T, K]``, ``v: [B, H, T, V]``, ``log_f: [B, H, T]`` (<= 0) an
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
-from seqmix.ops.attention import causal_cache_mask
+from seqmix.ops.attention import causal_cache_mask, softmax_scale
 
 __all__ = ["fox_step", "fox_recurrent", "fox_parallel"]
 
 Cache = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
-
-
-def _scale(q: torch.Tensor, scale: Optional[float]) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
 
 def fox_step(
@@ -63,7 +58,7 @@ def fox_step(
     k_cache = torch.cat((state[0], k_t.unsqueeze(2)), dim=2)  # [B, H, t+1, K]
     v_cache = torch.cat((state[1], v_t.unsqueeze(2)), dim=2)  # [B, H, t+1, V]
     g_cache = torch.cat((state[2] + log_f_t.unsqueeze(2), torch.zeros_like(log_f_t).unsqueeze(2)), dim=2)  # [B, H, t+1]
-    scores = torch.einsum("bhk,bhsk->bhs", q_t, k_cache) * _scale(q_t, scale) + g_cache  # [B, H, t+1]
+    scores = torch.einsum("bhk,bhsk->bhs", q_t, k_cache) * softmax_scale(q_t, scale) + g_cache  # [B, H, t+1]
     o_t = torch.einsum("bhs,bhsv->bhv", scores.softmax(dim=-1), v_cache)  # [B, H, V]
     return o_t, (k_cache, v_cache, g_cache)
 
@@ -97,7 +92,7 @@ def fox_parallel(
     B, H, T, K = q.shape
     V = v.shape[-1]
     T0 = initial_state[0].shape[2]
-    scale = _scale(q, scale)
+    scale = softmax_scale(q, scale)
     # 1. F_i = sum_{l <= i} log f_l over the new tokens; a cached key j has F_j = -g_j in this frame
     #    (its logit bias g_j + F_i = F_i - F_j), a new key F_j itself
     cum = torch.cumsum(log_f, dim=-1)  # [B, H, T]

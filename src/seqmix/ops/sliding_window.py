@@ -27,21 +27,17 @@ holding ``T0 <= W - 1`` earlier tokens (``T0`` may be 0), ``inv_freq: [K/2]`` th
 
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from seqmix.modules.rotary import apply_rotary
+from seqmix.ops.attention import softmax_scale
 
 __all__ = ["swa_step", "swa_recurrent", "swa_parallel", "swa_chunk", "window_mask"]
 
 KV = tuple[torch.Tensor, torch.Tensor]
-
-
-def _scale(q: torch.Tensor, scale: Optional[float]) -> float:
-    return 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
 
 
 def _local_frame(
@@ -91,7 +87,7 @@ def swa_step(
     k_win = torch.cat((state[0], k_t.unsqueeze(2)), dim=2)  # [B, H, n+1, K]
     v_win = torch.cat((state[1], v_t.unsqueeze(2)), dim=2)  # [B, H, n+1, V]
     q_rot, k_rot = _local_frame(q_t.unsqueeze(2), k_win, inv_freq)  # [B, H, 1, K], [B, H, n+1, K]
-    scores = torch.einsum("bhk,bhsk->bhs", q_rot[:, :, 0], k_rot) * _scale(q_t, scale)  # [B, H, n+1]
+    scores = torch.einsum("bhk,bhsk->bhs", q_rot[:, :, 0], k_rot) * softmax_scale(q_t, scale)  # [B, H, n+1]
     o_t = torch.einsum("bhs,bhsv->bhv", scores.softmax(dim=-1), v_win)  # [B, H, V]
     return o_t, _tail(k_win, v_win, window)
 
@@ -129,9 +125,9 @@ def swa_parallel(
     v_all = torch.cat((initial_state[1], v), dim=2)  # [B, H, T0+T, V]
     q_rot, k_rot = _local_frame(q, k_all, inv_freq)
     if T0 + T <= window:
-        return _attend_all(q_rot, k_rot, v_all, _scale(q, scale)), _tail(k_all, v_all, window)
+        return _attend_all(q_rot, k_rot, v_all, softmax_scale(q, scale)), _tail(k_all, v_all, window)
     mask = window_mask(T, T0, window, q.device)  # [T, T0+T]
-    o = F.scaled_dot_product_attention(q_rot, k_rot, v_all, attn_mask=mask, scale=_scale(q, scale))
+    o = F.scaled_dot_product_attention(q_rot, k_rot, v_all, attn_mask=mask, scale=softmax_scale(q, scale))
     return o, _tail(k_all, v_all, window)
 
 
@@ -155,7 +151,7 @@ def swa_chunk(
     v_all = torch.cat((initial_state[1], v), dim=2)  # [B, H, T0+T, V]
     q_rot, k_rot = _local_frame(q, k_all, inv_freq)
     if T0 + T <= W:  # no key ever leaves the window: plain causal attention, no blocks needed
-        return _attend_all(q_rot, k_rot, v_all, _scale(q, scale)), _tail(k_all, v_all, window)
+        return _attend_all(q_rot, k_rot, v_all, softmax_scale(q, scale)), _tail(k_all, v_all, window)
     # 1. pad keys by W-1 in front (positions before the cache) and to T_pad behind; in padded coordinates
     #    block b's keys start at T0 + b C, i.e. the key W-1 places before its first query
     k_pad = F.pad(k_rot, (0, 0, W - 1, T_pad - T))[:, :, T0:]  # [B, H, W-1+T_pad, K]
@@ -179,7 +175,7 @@ def swa_chunk(
         # [1, H*nb, C, L]: SDPA's fused CPU kernel takes 2-d or 4-d masks only (3-d falls back to the slow
         # math path, which materialises the scores)
         attn_mask=mask.repeat(H, 1, 1).unsqueeze(0),
-        scale=_scale(q, scale),
+        scale=softmax_scale(q, scale),
     )
     o = o.view(B, H, T_pad, V)[:, :, :T]  # [B, H, T, V]
     return o, _tail(k_all, v_all, window)
