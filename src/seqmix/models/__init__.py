@@ -1,4 +1,4 @@
-"""Models built from the mixers: the residual block, a language model, a sequence classifier.
+"""Models built from the mixers: the residual block, a language model, a sequence classifier, a regressor.
 
 Composition only -- every registered mixer works in every model, alone or in a hybrid pattern.
 """
@@ -6,9 +6,10 @@ Composition only -- every registered mixer works in every model, alone or in a h
 from seqmix.models.bidirectional import Bidirectional
 from seqmix.models.block import Block
 from seqmix.models.classifier import SequenceClassifier
-from seqmix.models.config import BackboneConfig, ClassifierConfig, ModelConfig
+from seqmix.models.config import BackboneConfig, ClassifierConfig, ModelConfig, RegressorConfig, StackConfig
 from seqmix.models.language_model import LanguageModel
 from seqmix.models.pretrained import atomic_write_bytes, load_config_json
+from seqmix.models.regressor import SequenceRegressor
 
 __all__ = [
     "Bidirectional",
@@ -16,6 +17,9 @@ __all__ = [
     "BackboneConfig",
     "ClassifierConfig",
     "ModelConfig",
+    "RegressorConfig",
+    "StackConfig",
+    "SequenceRegressor",
     "LanguageModel",
     "SequenceClassifier",
     "atomic_write_bytes",

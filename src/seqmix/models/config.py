@@ -20,11 +20,11 @@ from seqmix import options
 from seqmix.errors import UserError
 from seqmix.mixers.registry import REGISTRY, build_mixer, mixer_options
 
-__all__ = ["BackboneConfig", "ModelConfig", "ClassifierConfig", "MLP_KINDS", "POOLINGS"]
+__all__ = ["StackConfig", "BackboneConfig", "RegressorConfig", "ModelConfig", "ClassifierConfig", "MLP_KINDS", "POOLINGS"]
 
 MLP_KINDS = ("swiglu", "none")
 POOLINGS = ("last", "mean")
-C = TypeVar("C", bound="BackboneConfig")
+C = TypeVar("C", bound="StackConfig")
 
 
 def _field_error(field_name: str, exc: Exception) -> UserError:
@@ -32,10 +32,9 @@ def _field_error(field_name: str, exc: Exception) -> UserError:
 
 
 @dataclass
-class BackboneConfig:
-    """The fields every model built from blocks shares (language model, classifier)."""
+class StackConfig:
+    """A stack of blocks: the fields every model built from blocks shares (token or vector inputs)."""
 
-    vocab_size: int  # number of token ids the embedding accepts
     d_model: int = 256  # width of the residual stream
     n_layers: int = 4  # number of blocks
     pattern: list[str] = field(default_factory=lambda: ["attention"])  # mixer names, cycled over the layers
@@ -47,7 +46,6 @@ class BackboneConfig:
 
     def __post_init__(self) -> None:
         try:
-            options.positive_int("vocab_size", self.vocab_size)
             options.positive_int("d_model", self.d_model)
             options.positive_int("n_layers", self.n_layers)
             self.mlp_ratio = options.number("mlp_ratio", self.mlp_ratio, minimum=0, strict=True)
@@ -121,6 +119,36 @@ class BackboneConfig:
         if missing:
             raise UserError(f"{cls.__name__} is missing required key(s): {', '.join(missing)}")
         return cls(**data)
+
+
+@dataclass
+class BackboneConfig(StackConfig):
+    """A stack of blocks over a token vocabulary (language model, classifier)."""
+
+    vocab_size: int = 0  # number of token ids the embedding accepts (required: a positive int)
+
+    def __post_init__(self) -> None:
+        try:
+            options.positive_int("vocab_size", self.vocab_size)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        super().__post_init__()
+
+
+@dataclass
+class RegressorConfig(StackConfig):
+    """Configuration of a ``SequenceRegressor`` (vectors in, vectors out, one per position)."""
+
+    d_in: int = 1  # features per input position
+    d_out: int = 1  # features predicted per position
+
+    def __post_init__(self) -> None:
+        try:
+            options.positive_int("d_in", self.d_in)
+            options.positive_int("d_out", self.d_out)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+        super().__post_init__()
 
 
 @dataclass

@@ -64,7 +64,7 @@ def check_tokens(tokens: Any, vocab_size: int, ndim: int, layout: str) -> None:
         )
 
 
-def init_backbone_(embed: nn.Embedding, blocks: Any) -> None:
+def init_backbone_(embed: nn.Module, blocks: Any) -> None:
     """GPT-2-style initialisation of what the model (not the mixers) owns; see the module docstring."""
     nn.init.normal_(embed.weight, std=INIT_STD)
     out_std = INIT_STD / math.sqrt(2 * len(blocks))
