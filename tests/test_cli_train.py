@@ -57,6 +57,10 @@ def test_train_eval_generate(trained, capsys):
     assert metrics["tokens"] == len(TEXT) - int(len(TEXT) * 0.9) - 1 and metrics["loss"] > 0
     main(["eval", "--checkpoint", str(run / "last")])
     assert "bits/char" in capsys.readouterr().out
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in records if r["kind"] == "checkpoint_eval"]  # each `seqmix eval` is appended to the run's metrics
+    assert len(evals) == 2 and evals[0]["task"] == "lm" and evals[0]["split"] == "valid"
+    assert evals[0]["loss"] == metrics["loss"]
     other = tmp / "other.txt"
     other.write_text(TEXT[:300])
     main(["eval", "--checkpoint", str(run), "--data", str(other), "--format", "json"])
@@ -86,6 +90,12 @@ def test_bad_inputs_give_one_line_errors(trained, tmp_path, capsys):
     bad_yaml.write_text("modle:\n  d_model: 8\n")
     msg = _error(capsys, ["train", "--config", str(bad_yaml)])
     assert "'modle' is not a section" in msg and "model, data, optim, trainer" in msg
+    bad_yaml.write_text("task: translate\n")
+    msg = _error(capsys, ["train", "--config", str(bad_yaml)])
+    assert "unknown task 'translate'" in msg and "lm, seq2seq, seqrec, classify, forecast" in msg
+    assert "unknown task 'nope'" in _error(capsys, ["train", "--config", cfg, "--task", "nope"])
+    msg = _error(capsys, ["eval", "--checkpoint", str(run), "--split", "train"])
+    assert "split must be 'valid' or 'test'" in msg
     msg = _error(capsys, ["train", "--config", cfg, "--data.corpus", str(tmp_path / "missing.txt")])
     assert "missing.txt" in msg and "does not exist" in msg
     (tmp_path / "empty.txt").write_text("  \n")
@@ -136,11 +146,13 @@ def test_ctrl_c_writes_a_checkpoint_and_exits_cleanly(tmp_path):
     assert saved["step"] >= 2
 
 
-CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.yaml"))
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = sorted(CONFIG_DIR.rglob("*.yaml"))
 
 
-@pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])
+@pytest.mark.parametrize("path", CONFIGS, ids=[str(p.relative_to(CONFIG_DIR).with_suffix("")) for p in CONFIGS])
 def test_recipes_are_valid_configs(path, capsys):
+    """Every recipe, of every task, parses through the CLI and validates; its runs go to runs/<name>."""
     import yaml
 
     from seqmix.train import TrainConfig
@@ -149,9 +161,21 @@ def test_recipes_are_valid_configs(path, capsys):
         main(["train", "--config", str(path), "--print_config"])
     assert info.value.code == 0
     printed = yaml.safe_load(capsys.readouterr().out)
-    cfg = TrainConfig.from_dict({k: printed[k] for k in ("model", "data", "optim", "trainer")})
+    cfg = TrainConfig.from_dict({k: printed[k] for k in ("task", "model", "data", "optim", "trainer")})
+    assert cfg.task == (path.parent.name if path.parent != CONFIG_DIR else "lm")
     assert cfg.trainer.out_dir == f"runs/{path.stem}"
-    assert cfg.model.resolve(65).layer_mixers()  # every mixer of the pattern is registered and buildable
+    if cfg.task == "lm":
+        assert cfg.model.resolve(65).layer_mixers()  # every mixer of the pattern is registered and buildable
+
+
+def test_task_is_read_from_the_flag_or_the_recipe(tmp_path):
+    from seqmix.train.commands import task_from_argv
+
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("task: seqrec\nmodel: {}\n")
+    assert task_from_argv(["--config", str(recipe)]) == "seqrec"
+    assert task_from_argv([f"--config={recipe}", "--task", "classify"]) == "classify"
+    assert task_from_argv(["--model.d_model", "8"]) == "lm"
 
 
 def test_help_lists_the_commands(capsys):

@@ -45,10 +45,16 @@ def main(argv: Optional[list[str]] = None) -> None:
     from jsonargparse import auto_cli
 
     from seqmix.errors import UserError
-    from seqmix.train.commands import eval_command, explain_argument_error, generate_command, train_command
+    from seqmix.train.commands import eval_command, explain_argument_error, generate_command, task_from_argv, train_command_for
 
     from seqmix.bench.speed import speed_command
 
+    args = sys.argv[1:] if argv is None else list(argv)
+    task = task_from_argv(args[1:]) if args[:1] == ["train"] else "lm"
+    try:
+        train_command = train_command_for(task)  # the model and data sections depend on the task
+    except UserError as exc:
+        _fail(str(exc))
     commands = {
         "list": list_command,
         "train": train_command,
@@ -58,9 +64,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         "speed": speed_command,
     }
     try:
-        auto_cli(commands, args=sys.argv[1:] if argv is None else argv, as_positional=False, exit_on_error=False)
+        auto_cli(commands, args=args, as_positional=False, exit_on_error=False)
     except ArgumentError as exc:
-        _fail(explain_argument_error(str(exc)))
+        _fail(explain_argument_error(str(exc), task))
     except UserError as exc:
         _fail(str(exc))
 

@@ -28,7 +28,7 @@ from seqmix.train.schedule import param_groups
     (lambda: LMModelConfig(mixer_options={"attention": {"heads": 2}}), r"model\.mixer_options\.attention: unknown option"),
     (lambda: TrainConfig(optim=OptimConfig(decay_by="time")), r"optim\.decay_by 'time' needs trainer\.time_budget_s"),
     (lambda: TrainConfig.from_dict({"optim": {"lrr": 1}}), r"unknown key\(s\) optim\.lrr; allowed keys in 'optim': name, lr,"),
-    (lambda: TrainConfig.from_dict({"modle": {}}), r"unknown config section\(s\) modle; allowed: model, data, optim, trainer"),
+    (lambda: TrainConfig.from_dict({"modle": {}}), r"unknown config section\(s\) modle; allowed: task, model, data, optim, trainer"),
 ])
 def test_bad_values_fail_at_construction_naming_the_field(make, message):
     with pytest.raises(UserError, match=message) as info:

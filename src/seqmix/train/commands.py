@@ -1,6 +1,6 @@
 """The ``seqmix train``, ``seqmix eval`` and ``seqmix generate`` commands (typed, for jsonargparse).
 
-Each is a thin function over the library: ``train_language_model``, ``evaluate_checkpoint`` and
+Each is a thin function over the library: ``seqmix.train.run.train``, ``evaluate_checkpoint`` and
 ``seqmix.generation.generate``. Every flag can come from a YAML file (``--config FILE``) and dotted
 flags override it (``--optim.lr 3e-3``).
 """
@@ -17,7 +17,7 @@ import torch
 from seqmix.errors import UserError
 from seqmix.train.config import DataConfig, LMModelConfig, OptimConfig, TrainConfig, TrainerConfig
 
-__all__ = ["train_command", "eval_command", "generate_command", "explain_argument_error", "INTERRUPTED_EXIT_CODE"]
+__all__ = ["train_command", "train_command_for", "task_from_argv", "eval_command", "generate_command", "explain_argument_error", "INTERRUPTED_EXIT_CODE"]
 
 INTERRUPTED_EXIT_CODE = 130  # the shell's convention for a run stopped by Ctrl-C (the checkpoint is written)
 
@@ -28,20 +28,24 @@ def train_command(
     optim: OptimConfig = OptimConfig(),
     trainer: TrainerConfig = TrainerConfig(),
     resume: bool = False,
+    task: str = "lm",
 ) -> None:
-    """Train a language model; checkpoints go to trainer.out_dir/last (and best).
+    """Train a model; checkpoints go to trainer.out_dir/last (and best).
 
     Args:
         model: the model: width, depth, mixer pattern, per-mixer options (see seqmix list).
-        data: corpus, tokenizer, window length, batch size, stateful training.
+        data: the data and how it is batched.
         optim: optimizer, learning-rate schedule, weight decay, gradient clipping.
         trainer: steps, time budget, precision, evaluation/checkpoint intervals, output directory.
         resume: continue the run in trainer.out_dir from its last checkpoint.
+        task: what is trained: lm (default), seq2seq, seqrec, classify or forecast; it decides what
+            the model and data sections hold (seqmix train --task NAME --help lists them).
     """
+    from seqmix.train.kinds import get_kind
     from seqmix.train.metrics import format_duration
-    from seqmix.train.run import train_language_model
+    from seqmix.train.run import train
 
-    result = train_language_model(TrainConfig(model=model, data=data, optim=optim, trainer=trainer), resume=resume)
+    result = train(TrainConfig(task=task, model=model, data=data, optim=optim, trainer=trainer), resume=resume)
     where = result.checkpoint or f"{trainer.out_dir}/last"
     if result.interrupted:
         if _is_main_process():
@@ -52,8 +56,61 @@ def train_command(
     ev = result.final_eval or {}
     summary = f"done: {result.step} steps ({result.stopped_by}), training time {format_duration(result.train_seconds)}"
     if ev:
-        summary += f"; val loss {ev['loss']:.4f}, perplexity {ev['ppl']:.2f}, {ev['bits_per_token']:.4f} bits/token"
+        summary += f"; validation {get_kind(task).summary(ev)}"
     print(f"{summary}; checkpoint {where}", flush=True)
+
+
+def train_command_for(task: str):
+    """``train_command`` with the ``model`` and ``data`` parameters typed by task kind ``task``, so that
+    jsonargparse validates and documents that kind's sections (``--model.d_model``, ``--help``)."""
+    from seqmix.train.kinds import get_kind
+
+    if task == "lm":
+        return train_command
+    kind = get_kind(task)
+
+    def command(model=None, data=None, optim: OptimConfig = OptimConfig(), trainer: TrainerConfig = TrainerConfig(),
+                resume: bool = False, task: str = task) -> None:
+        if task != kind.name:
+            raise UserError(f"task {task!r} given after the {kind.name!r} recipe was read; give one task")
+        train_command(model, data, optim, trainer, resume, task)
+
+    command.__defaults__ = (kind.model_config(), kind.data_config(), OptimConfig(), TrainerConfig(), False, task)
+    command.__annotations__ = {"model": kind.model_config, "data": kind.data_config, "optim": OptimConfig,
+                               "trainer": TrainerConfig, "resume": bool, "task": str, "return": None}
+    command.__doc__ = train_command.__doc__.replace("Train a model;", f"Train a model for task {task} ({kind.description});")
+    command.__name__ = command.__qualname__ = "train_command"
+    return command
+
+
+def task_from_argv(argv: list[str]) -> str:
+    """The task a ``seqmix train`` command line asks for: ``--task NAME``, else the ``task:`` key of its
+    ``--config`` files (the last one that has it), else ``lm``."""
+    task = None
+    for i, arg in enumerate(argv):
+        value = None
+        if arg in ("--task", "--config") and i + 1 < len(argv):
+            value = argv[i + 1]
+        elif arg.startswith(("--task=", "--config=")):
+            value = arg.split("=", 1)[1]
+        if value is None:
+            continue
+        if arg.startswith("--task"):
+            return value
+        task = _task_of_config(value) or task
+    return task or "lm"
+
+
+def _task_of_config(path: str) -> Optional[str]:
+    import yaml
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            content = yaml.safe_load(f)
+    except (OSError, yaml.YAMLError):
+        return None  # jsonargparse reports the unreadable file itself
+    task = content.get("task") if isinstance(content, dict) else None
+    return task if isinstance(task, str) else None
 
 
 def _is_main_process() -> bool:
@@ -62,40 +119,56 @@ def _is_main_process() -> bool:
 
 def eval_command(
     checkpoint: str,
+    split: str = "valid",
     data: Optional[str] = None,
-    seq_len: Optional[int] = None,
     batch_size: Optional[int] = None,
+    seq_len: Optional[int] = None,
     device: str = "auto",
     format: str = "text",
-    split: str = "valid",
     threads: Optional[int] = None,
 ) -> None:
-    """Evaluate a checkpoint on the whole validation split of its corpus (or of --data).
+    """Evaluate a checkpoint on a whole split with its task's metrics; they are also appended to the
+    run's metrics.jsonl.
 
     Args:
         checkpoint: a checkpoint directory (runs/NAME/last) or a run directory (runs/NAME).
-        data: another corpus (text file or Penn Treebank directory), split as in training.
-        seq_len: evaluation window length (default: the training seq_len).
-        batch_size: windows per evaluation batch (default: the training eval_batch_size).
+        split: "valid" or "test".
+        data: other data for the same task (language models: a text file or Penn Treebank directory).
+        batch_size: evaluation batch size (default: the training config's).
+        seq_len: language models: evaluation window length (default: the training seq_len).
         device: "auto", "cpu", "cuda" or "cuda:N".
         format: "text" for people, "json" for programs.
-        split: "valid", or "test" for a Penn Treebank directory (its ptb.test.txt).
         threads: torch CPU threads (None = PyTorch's default).
     """
+    from seqmix.train.kinds import get_kind
     from seqmix.train.run import evaluate_checkpoint
 
     _set_threads(threads)
     if format not in ("text", "json"):
         raise UserError(f"format must be 'text' or 'json', got {format!r}")
-    m = evaluate_checkpoint(checkpoint, corpus=data, seq_len=seq_len, batch_size=batch_size, device=device,
-                            split=split)
+    m = evaluate_checkpoint(checkpoint, split=split, data=data, batch_size=batch_size, seq_len=seq_len, device=device)
+    if _is_main_process():
+        _append_eval_record(m)
     if format == "json":
         print(json.dumps(m))
         return
-    unit = {"char": "char", "byte": "byte", "word": "word"}.get(m["tokenizer"], "token")
     name = "validation" if split == "valid" else "test"
-    print(f"{m['checkpoint']}: {name} loss {m['loss']:.4f} nats/{unit}, perplexity {m['ppl']:.2f}, "
-          f"{m['bits_per_token']:.4f} bits/{unit} over {int(m['tokens']):,} tokens")
+    print(f"{m['checkpoint']}: {name} {get_kind(m['task']).summary(m)}")
+
+
+def _append_eval_record(metrics: dict) -> None:
+    """Append the evaluation to metrics.jsonl of the run the checkpoint belongs to (kind "checkpoint_eval")."""
+    import time
+    from pathlib import Path
+
+    directory = Path(metrics["checkpoint"])
+    run = directory.parent if directory.name in ("last", "best", ".last.old", ".best.old") else directory
+    record = {"kind": "checkpoint_eval", "time": round(time.time(), 3), **metrics}
+    try:
+        with open(run / "metrics.jsonl", "a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+    except OSError as exc:  # a read-only checkpoint still gets evaluated
+        print(f"warning: could not append to {run / 'metrics.jsonl'}: {exc}", file=sys.stderr)
 
 
 def generate_command(
@@ -255,8 +328,8 @@ class _Streamer:
         self.write("\n")
 
 
-def explain_argument_error(message: str) -> str:
-    """One line for a jsonargparse error; an unknown training-config key also lists the allowed ones."""
+def explain_argument_error(message: str, task: str = "lm") -> str:
+    """One line for a jsonargparse error; an unknown key of a ``task`` recipe also lists the allowed ones."""
     import re
 
     from seqmix.train.config import SECTIONS, section_keys
@@ -268,8 +341,8 @@ def explain_argument_error(message: str) -> str:
     key = match.group(1)
     section, _, rest = key.partition(".")
     if section in SECTIONS and rest:
-        return f"unknown config key {key!r}; allowed keys in {section!r}: {', '.join(section_keys(section))}"
+        return f"unknown config key {key!r}; allowed keys in {section!r}: {', '.join(section_keys(section, task))}"
     if section not in SECTIONS and "Subcommand 'train'" in text:
         return (f"unknown config key {key!r}: {section!r} is not a section of the training config; "
-                f"its sections are {', '.join(SECTIONS)} (and the flag resume)")
+                f"its sections are {', '.join(SECTIONS)} (and the keys task and resume)")
     return text

@@ -1,4 +1,4 @@
-"""Typed training configuration: four sections (model, data, optim, trainer), each a dataclass.
+"""Typed training configuration: a task kind and four sections (model, data, optim, trainer), each a dataclass.
 
 Every section is validated in ``__post_init__``; a bad value raises ``UserError`` naming the dotted
 field (``optim.lr``), the value and what is allowed. jsonargparse reads the sections from a YAML file
@@ -18,7 +18,7 @@ from seqmix import options
 from seqmix.errors import UserError
 from seqmix.models.config import ModelConfig
 
-__all__ = ["LMModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "TOKENIZERS"]
+__all__ = ["LMModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "TOKENIZERS", "document_fields", "sections_for"]
 
 TOKENIZERS = ("char", "byte", "word")
 
@@ -169,45 +169,66 @@ class TrainerConfig:
             raise UserError("trainer.out_dir must be a directory path, got an empty string")
 
 
-SECTIONS = {"model": LMModelConfig, "data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig}
+SECTIONS = {"model": LMModelConfig, "data": DataConfig, "optim": OptimConfig, "trainer": TrainerConfig}  # task "lm"
+
+
+def sections_for(task: str = "lm") -> dict[str, type]:
+    """The section classes of a recipe for ``task``: the kind's model and data, the shared optim and trainer."""
+    if task == "lm":
+        return SECTIONS
+    from seqmix.train.kinds import get_kind
+
+    kind = get_kind(task)
+    return {"model": kind.model_config, "data": kind.data_config, "optim": OptimConfig, "trainer": TrainerConfig}
 
 
 @dataclass
 class TrainConfig:
-    """A whole training run: the four sections; checks the rules that span sections."""
+    """A whole training run: the task kind and four sections; checks the rules that span sections.
 
-    model: LMModelConfig = field(default_factory=LMModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    ``model`` and ``data`` are the kind's own dataclasses (``LMModelConfig``/``DataConfig`` for the
+    default ``task: lm``); ``None`` or a dict is turned into them.
+    """
+
+    model: Any = None
+    data: Any = None
     optim: OptimConfig = field(default_factory=OptimConfig)
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    task: str = "lm"  # what is trained: lm, seq2seq, seqrec, classify or forecast (seqmix.train.kinds)
 
     def __post_init__(self) -> None:
-        for name, cls in SECTIONS.items():
+        sections = sections_for(self.task)
+        for name, cls in sections.items():
             value = getattr(self, name)
-            if isinstance(value, dict):
-                setattr(self, name, section_from_dict(name, value))
+            if value is None:
+                setattr(self, name, cls())
+            elif isinstance(value, dict):
+                setattr(self, name, section_from_dict(name, value, self.task))
             elif not isinstance(value, cls):
-                raise UserError(f"{name} must be a {cls.__name__} or a dict, got {type(value).__name__}")
+                raise UserError(f"{name} of task {self.task!r} must be a {cls.__name__} or a dict, got {type(value).__name__}")
         if self.optim.decay_by == "time" and self.trainer.time_budget_s is None:
             raise UserError("optim.decay_by 'time' needs trainer.time_budget_s (the horizon of the cosine)")
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {"task": self.task, **{name: dataclasses.asdict(getattr(self, name)) for name in SECTIONS}}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
         """From ``to_dict``'s output (e.g. a checkpoint's trainer.json); unknown keys name the allowed ones."""
         if not isinstance(data, dict):
             raise UserError(f"a training config must be a mapping, got {type(data).__name__}")
-        unknown = sorted(set(data) - set(SECTIONS))
+        data = dict(data)
+        task = data.pop("task", "lm")  # checkpoints written before task kinds are language models
+        sections = sections_for(task)
+        unknown = sorted(set(data) - set(sections))
         if unknown:
-            raise UserError(f"unknown config section(s) {', '.join(unknown)}; allowed: {', '.join(SECTIONS)}")
-        return cls(**{name: section_from_dict(name, value) for name, value in data.items()})
+            raise UserError(f"unknown config section(s) {', '.join(unknown)}; allowed: task, {', '.join(sections)}")
+        return cls(task=task, **{name: section_from_dict(name, value, task) for name, value in data.items()})
 
 
-def section_from_dict(name: str, data: Any) -> Any:
-    """Build section ``name`` from a dict, naming unknown keys and the allowed ones."""
-    cls = SECTIONS[name]
+def section_from_dict(name: str, data: Any, task: str = "lm") -> Any:
+    """Build section ``name`` of a ``task`` recipe from a dict, naming unknown keys and the allowed ones."""
+    cls = sections_for(task)[name]
     if not isinstance(data, dict):
         raise UserError(f"config section {name!r} must be a mapping, got {type(data).__name__}")
     allowed = [f.name for f in dataclasses.fields(cls)]
@@ -218,12 +239,15 @@ def section_from_dict(name: str, data: Any) -> Any:
     return cls(**data)
 
 
-def _document_fields(cls: type) -> type:
+def document_fields(cls: type) -> type:
     """Append an ``Args:`` section built from the fields' one-line comments to ``cls.__doc__``.
 
     The comment beside each field is its only description; jsonargparse reads ``Args:`` sections, so
     ``seqmix train --help`` shows the same line without a second copy to keep in sync.
     """
+    if cls.__dict__.get("_fields_documented"):
+        return cls
+    cls._fields_documented = True
     names = {f.name for f in dataclasses.fields(cls)}
     comments: dict[str, str] = {}
     for klass in reversed(cls.__mro__):  # a subclass's comment wins over its base's
@@ -242,9 +266,9 @@ def _document_fields(cls: type) -> type:
 
 
 for _cls in SECTIONS.values():
-    _document_fields(_cls)
+    document_fields(_cls)
 
 
-def section_keys(name: str) -> list[str]:
-    """The field names of section ``name`` (for error messages)."""
-    return [f.name for f in dataclasses.fields(SECTIONS[name])]
+def section_keys(name: str, task: str = "lm") -> list[str]:
+    """The field names of section ``name`` of a ``task`` recipe (for error messages)."""
+    return [f.name for f in dataclasses.fields(sections_for(task)[name])]

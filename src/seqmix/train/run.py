@@ -1,14 +1,15 @@
-"""Language-model runs end to end: what ``seqmix train`` and ``seqmix eval`` call.
+"""Training and evaluation runs end to end, for every task kind: what ``seqmix train`` and
+``seqmix eval`` call.
 
-``train_language_model(config)`` reads the corpus, fits (or, resuming, reloads) the tokenizer, builds
-the model, and hands model + ``LMTask`` to the generic ``Trainer``. Checkpoints go to
-``<trainer.out_dir>/last`` (and ``best``); each holds the model, the tokenizer and the whole training
-config, so ``seqmix eval`` / ``seqmix generate`` need nothing but the directory.
+``train(config)`` sets up processes, device, threads and seeds, asks the config's task kind
+(``seqmix.train.kinds``) to build the model and the task, and hands both to the generic ``Trainer``.
+Checkpoints go to ``<trainer.out_dir>/last`` (and ``best``); each holds the model, the kind's extra
+files (tokenizer, vocabulary) and the whole training config with its ``task``, so ``seqmix eval`` /
+``seqmix generate`` need nothing but the directory.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -18,12 +19,13 @@ import torch
 
 from seqmix.errors import UserError
 from seqmix.train import checkpoint as ckpt
-from seqmix.train.config import DataConfig, TrainConfig
-from seqmix.train.data import LMTask, load_lm_data
+from seqmix.train.config import TrainConfig
 from seqmix.train.distributed import setup, teardown
+from seqmix.train.kinds import BuildContext, EvalContext, get_kind
 from seqmix.train.trainer import Trainer, TrainResult
 
-__all__ = ["train_language_model", "evaluate_checkpoint", "load_model_and_tokenizer", "find_checkpoint", "state_grows"]
+__all__ = ["train", "train_language_model", "evaluate_checkpoint", "load_model_and_tokenizer", "find_checkpoint",
+           "state_grows", "read_training_config"]
 
 
 def _seed_everything(seed: int) -> None:
@@ -50,25 +52,21 @@ def load_model_and_tokenizer(checkpoint: str | Path, device: Any = "cpu") -> tup
     return model, load_tokenizer(directory), directory
 
 
-def _check_same_model(saved: Any, wanted: Any, where: Path) -> None:
-    a, b = saved.to_dict(), wanted.to_dict()
-    diff = [f"{k}: checkpoint {a.get(k)!r}, config {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
-    if diff:
-        raise UserError(f"checkpoint {where} was trained with another model config ({'; '.join(diff)}); "
-                        "resume with the config it was trained with, or start a new run in another trainer.out_dir")
+def state_grows(module: Any) -> bool:
+    """Whether ``module``'s state keeps growing with the context (a KV cache) rather than staying bounded
+    (a recurrence, or a sliding window once full): compared at two long contexts."""
+    return module.state_size(1 << 21) != module.state_size(1 << 20)
 
 
-def train_language_model(
+def train(
     config: TrainConfig,
     *,
     resume: bool = False,
     callbacks: tuple[Callable[[Trainer, dict], None], ...] = (),
     handle_sigint: bool = True,
 ) -> TrainResult:
-    """Train (or with ``resume``, continue) the language model described by ``config``."""
-    from seqmix.data.tokenizers import load_tokenizer, save_tokenizer
-    from seqmix.models import LanguageModel
-
+    """Train (or with ``resume``, continue) the run described by ``config``, whatever its task kind."""
+    kind = get_kind(config.task)
     tcfg = config.trainer
     out = Path(tcfg.out_dir)
     last = out / "last"
@@ -78,6 +76,9 @@ def train_language_model(
         if not (last.is_dir() or (out / ".last.old").is_dir()):
             raise UserError(f"--resume: there is no checkpoint to continue in {last}; train without --resume first")
         loaded = ckpt.read_checkpoint(last)
+        saved_task = loaded.state.get("config", {}).get("task", "lm")
+        if saved_task != config.task:
+            raise UserError(f"checkpoint {loaded.path} is a {saved_task!r} run, the config says task {config.task!r}")
     elif last.exists() and not tcfg.overwrite:
         raise UserError(f"{out} already holds a checkpoint ({last}); pass --resume to continue it, "
                         "--trainer.overwrite true to replace it, or choose another --trainer.out_dir")
@@ -87,86 +88,68 @@ def train_language_model(
         if tcfg.threads is not None:
             torch.set_num_threads(tcfg.threads)
         _seed_everything(tcfg.seed)
-        # 3. data and tokenizer (a resumed run keeps the checkpoint's vocabulary)
-        tokenizer = load_tokenizer(loaded.path) if loaded else None
-        tokenizer, train_ids, val_ids = load_lm_data(config.data, tokenizer)
-        # 4. the model: from the checkpoint's weights, or freshly initialised (the same on every rank)
-        model_cfg = config.model.resolve(tokenizer.vocab_size)
-        if loaded:
-            model = LanguageModel.from_pretrained(loaded.path)
-            _check_same_model(model.config, model_cfg, loaded.path)
-        else:
-            model = LanguageModel(model_cfg)
-        model.to(device)
-        if config.data.stateful and state_grows(model):
-            growing = sorted({n for n in model_cfg.layer_mixers() if _grows(model_cfg, n)})
-            raise UserError(f"data.stateful carries the state across a whole stream, but mixer(s) {', '.join(growing)} "
-                            "keep a state that grows with every token; use recurrent mixers or data.stateful false")
+        # 3. the kind builds data, model and task (the model the same on every rank)
+        built = kind.build(BuildContext(config=config, loaded=loaded, device=device, rank=info.rank,
+                                        world_size=info.world_size))
+        built.model.to(device)
         torch.manual_seed(tcfg.seed + 7919 * info.rank)  # dropout differs between ranks
-        task = LMTask(train_ids, val_ids, config.data, seed=tcfg.seed, rank=info.rank,
-                      world_size=info.world_size, device=device)
-        # 5. train
-        record = {"config": config.to_dict(), "tokenizer_kind": tokenizer.kind}
-        trainer = Trainer(model, task, config.optim, tcfg, device=device, dist_info=info, record=record,
-                          extra_writer=lambda d: save_tokenizer(tokenizer, d), callbacks=callbacks,
-                          handle_sigint=handle_sigint)
+        # 4. train
+        record = {"config": config.to_dict(), **built.record}
+        trainer = Trainer(built.model, built.task, config.optim, tcfg, device=device, dist_info=info, record=record,
+                          extra_writer=built.save_extra, callbacks=callbacks, handle_sigint=handle_sigint)
         if info.is_main:
-            n = sum(p.numel() for p in model.parameters())
-            trainer_msg = (f"model: {model_cfg.n_layers} layers {model_cfg.pattern} d_model {model_cfg.d_model}, "
-                           f"{n:,} parameters; data: {train_ids.numel():,} training / {val_ids.numel():,} "
-                           f"validation tokens, vocabulary {tokenizer.vocab_size}; "
-                           f"{info.world_size} process(es) on {device}")
-            print(trainer_msg + (f"; resuming at step {loaded.state['step']}" if loaded else ""), flush=True)
+            line = f"task {kind.name}; {built.describe}; {info.world_size} process(es) on {device}"
+            print(line + (f"; resuming at step {loaded.state['step']}" if loaded else ""), flush=True)
         return trainer.fit(resume=loaded)
     finally:
         teardown()
 
 
-def _grows(model_cfg: Any, name: str) -> bool:
-    from seqmix.mixers.registry import build_mixer
+def train_language_model(config: TrainConfig, **kwargs: Any) -> TrainResult:
+    """``train`` for a language-model config (the name kept from before task kinds)."""
+    if config.task != "lm":
+        raise UserError(f"train_language_model trains task 'lm', the config says {config.task!r}; use train()")
+    return train(config, **kwargs)
 
-    with torch.device("meta"):
-        mixer = build_mixer(name, model_cfg.d_model, **model_cfg.options_for(name))
-    return state_grows(mixer)
 
-
-def state_grows(module: Any) -> bool:
-    """Whether ``module``'s state keeps growing with the context (a KV cache) rather than staying bounded
-    (a recurrence, or a sliding window once full): compared at two long contexts."""
-    return module.state_size(1 << 21) != module.state_size(1 << 20)
+def read_training_config(directory: Path) -> TrainConfig:
+    """The training config stored in a checkpoint's trainer.json (a language model's defaults if absent)."""
+    path = directory / "trainer.json"
+    saved = ckpt.read_json(path).get("config") if path.exists() else None
+    if not saved:
+        return TrainConfig()
+    return TrainConfig.from_dict(saved)
 
 
 def evaluate_checkpoint(
     checkpoint: str | Path,
     *,
-    corpus: Optional[str] = None,
-    seq_len: Optional[int] = None,
-    batch_size: Optional[int] = None,
-    device: str = "auto",
-    precision: Optional[str] = None,
     split: str = "valid",
+    device: str = "auto",
+    batch_size: Optional[int] = None,
+    data: Optional[str] = None,
+    seq_len: Optional[int] = None,
+    corpus: Optional[str] = None,
 ) -> dict:
-    """Metrics of a checkpoint over the whole validation (or test) split of its (or another) corpus."""
-    model, tokenizer, directory = load_model_and_tokenizer(checkpoint)
-    saved = ckpt.read_json(directory / "trainer.json").get("config", {}) if (directory / "trainer.json").exists() else {}
-    data = dict(saved.get("data", {}))
-    data["tokenizer"] = tokenizer.kind
-    if corpus is not None:
-        data["corpus"] = corpus
-    if seq_len is not None:
-        data["seq_len"] = seq_len
-    if batch_size is not None:
-        data["eval_batch_size"] = batch_size
-    known = {f.name for f in dataclasses.fields(DataConfig)}
-    data_cfg = DataConfig(**{k: v for k, v in data.items() if k in known})
-    precision = precision or saved.get("trainer", {}).get("precision", "fp32")
+    """Metrics of a checkpoint over the whole validation (or test) split, by its task kind.
+
+    ``data`` (``corpus`` is its old name) points at other data, ``batch_size`` and ``seq_len``
+    override the evaluation batch and window where the kind reads them (``TaskKind.eval_options``).
+    """
+    if split not in ("valid", "test"):
+        raise UserError(f"split must be 'valid' or 'test', got {split!r}")
+    data = corpus if data is None else data
+    directory = find_checkpoint(checkpoint)
+    config = read_training_config(directory)
+    kind = get_kind(config.task)
+    given = {"batch_size": batch_size, "data": data, "seq_len": seq_len}
+    unused = [name for name, value in given.items() if value is not None and name not in kind.eval_options]
+    if unused:
+        raise UserError(f"task {kind.name!r} does not take {', '.join(unused)} at evaluation; it takes "
+                        f"{', '.join(kind.eval_options) or 'no overrides'}")
     info, dev = setup(device)
     try:
-        _, train_ids, val_ids = load_lm_data(data_cfg, tokenizer, split=split)
-        model.to(dev).eval()
-        task = LMTask(train_ids, val_ids, data_cfg, seed=0, rank=info.rank, world_size=info.world_size, device=dev)
-        autocast = (lambda: torch.autocast(dev.type, dtype=torch.bfloat16)) if precision == "bf16" else None
-        metrics = task.evaluate(model, autocast=autocast)
+        metrics = kind.evaluate(EvalContext(directory=directory, config=config, split=split, device=dev, **given))
     finally:
         teardown()
-    return {**metrics, "checkpoint": str(directory), "tokenizer": tokenizer.kind, "split": split}
+    return {**metrics, "task": kind.name, "checkpoint": str(directory), "split": split}
