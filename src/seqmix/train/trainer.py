@@ -321,9 +321,10 @@ class Trainer:
             self.best_val = metrics["loss"]
         if logger:
             logger.log("eval", self.step, **{k: v for k, v in entry.items() if k != "step"})
-        display.message(f"step {self.step}: val loss {metrics['loss']:.4f}, ppl {metrics['ppl']:.2f}, "
-                        f"{metrics['bits_per_token']:.3f} bits/token (train time {format_duration(self.train_seconds)}, "
-                        f"eval {seconds:.1f}s)")
+        detail = (f", ppl {metrics['ppl']:.2f}, {metrics['bits_per_token']:.3f} bits/token"
+                  if "ppl" in metrics and "bits_per_token" in metrics else "")  # other task kinds report other metrics
+        display.message(f"step {self.step}: val loss {metrics['loss']:.4f}{detail} "
+                        f"(train time {format_duration(self.train_seconds)}, eval {seconds:.1f}s)")
         if improved and self.cfg.keep_best:
             self.save("best")
 
