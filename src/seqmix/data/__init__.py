@@ -1,4 +1,4 @@
-"""Data: tokenizers and text corpora (tiny Shakespeare ships with the package)."""
+"""Data: tokenizers, text corpora (tiny Shakespeare ships with the package) and synthetic diagnostic tasks (``seqmix.data.synthetic``)."""
 
 from seqmix.data.text import DEFAULT_CORPUS, default_corpus_path, load_text, ptb_paths, split_stream, token_stream
 from seqmix.data.tokenizers import (
