@@ -48,6 +48,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from seqmix.train.commands import eval_command, explain_argument_error, generate_command, task_from_argv, train_command_for
 
     from seqmix.bench.speed import speed_command
+    from seqmix.bench.compare import bench_command, compare_command
 
     args = sys.argv[1:] if argv is None else list(argv)
     task = task_from_argv(args[1:]) if args[:1] == ["train"] else "lm"
@@ -62,6 +63,8 @@ def main(argv: Optional[list[str]] = None) -> None:
         "generate": generate_command,
         # ---- commands (each helper adds its own line below, imported from its module)
         "speed": speed_command,
+        "bench": bench_command,
+        "compare": compare_command,
     }
     try:
         auto_cli(commands, args=args, as_positional=False, exit_on_error=False)
