@@ -37,7 +37,6 @@ Typical use (SCAN; Multi30k is the same with ``"multi30k"`` and ``kind="bpe"`` o
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -48,6 +47,7 @@ import torch
 from seqmix.data.multi30k import MULTI30K_TEST_SETS, load_multi30k
 from seqmix.data.pair_tokenizer import PAIR_TOKENIZER_KINDS, PairTokenizer, build_pair_tokenizer
 from seqmix.data.scan import SCAN_SPLITS, load_scan
+from seqmix.data.paths import DATA_ENV, shared_data_root
 from seqmix.errors import UserError
 
 __all__ = [
@@ -65,16 +65,8 @@ __all__ = [
 ]
 
 SEQ2SEQ_DATASETS = ("scan", "multi30k")
-DATA_ENV = "SEQMIX_DATA"
 Pairs = list[tuple[str, str]]
-
-
-def default_data_root() -> Path:
-    """``$SEQMIX_DATA`` if set, else the ``shared/data`` folder beside the checkout (src/seqmix/data/ -> ../../../..)."""
-    env = os.environ.get(DATA_ENV, "").strip()
-    if env:
-        return Path(env).expanduser()
-    return Path(__file__).resolve().parents[3].parent / "shared" / "data"
+default_data_root = shared_data_root  # the shared data folder (seqmix.data.paths)
 
 
 def load_pairs(dataset: str, root: Optional[Union[str, Path]] = None, split_name: str = "simple") -> dict[str, Pairs]:

@@ -26,13 +26,13 @@ Evaluation candidates (``EvalSplit``), fixed by the file and a seed, the same fo
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
 
+from seqmix.data.paths import shared_data_root
 from seqmix.errors import UserError
 
 __all__ = ["DEFAULT_VIDEO", "Interactions", "EvalSplit", "read_interactions", "eval_split", "sample_negatives",
@@ -46,9 +46,7 @@ SPLITS = {"valid": 1, "test": 2}
 
 def default_video_path() -> Path:
     """``$SEQMIX_DATA/seqrec/sasrec_video/Video.txt``, else ``../shared/data/...`` beside the checkout."""
-    root = os.environ.get("SEQMIX_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
-    return (base / DEFAULT_VIDEO).resolve()
+    return (shared_data_root() / DEFAULT_VIDEO).resolve()
 
 
 @dataclass
