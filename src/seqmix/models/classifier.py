@@ -5,6 +5,14 @@
            | mean_{t < lengths[b]} RMSNorm(h)[b, t]   pooling="mean"
     logits = W pooled + c                             [B, n_classes], float32 (autocast off, as in LanguageModel)
 
+With ``dense=True`` the layers are densely connected (Ding et al. 2018, "Densely Connected
+Bidirectional LSTM with Applications to Sentence Classification", arXiv:1802.00889): layer l reads the
+concatenation of the embeddings and the outputs of all earlier layers, ``[e; h_1; ...; h_{l-1}]``
+(width ``l * D``), mapped back to ``D`` by a linear layer (the same map an LSTM's input weights apply
+to its input, factored out so that any mixer can read it); pooling reads the last layer. With
+``pattern: [lstm]``, ``bidirectional: true``, ``mlp: none`` and ``pooling: mean`` this is their
+DC-Bi-LSTM, except that the two directions are summed (``Bidirectional``) rather than concatenated.
+
 Sequences in a batch may be right-padded; ``lengths: [B]`` says how many tokens are real (default: all).
 A causal mixer never lets padding reach real positions, so both poolings are exact. With
 ``bidirectional=True`` every causal mixer is wrapped in ``Bidirectional`` (a second mixer reads each
@@ -46,11 +54,17 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
         self.embed = nn.Embedding(config.vocab_size, config.d_model)
         self.dropout = nn.Dropout(config.dropout)
         self.blocks = build_blocks(config, self._make_mixer if config.bidirectional else None)
+        # dense[l - 1] maps the l * D wide concatenation to layer l's input (layer 0 reads the embeddings)
+        self.dense = nn.ModuleList(
+            nn.Linear((l + 1) * config.d_model, config.d_model, bias=False) for l in range(1, config.n_layers)
+        ) if config.dense else None
         self.norm = RMSNorm(config.d_model, config.norm_eps)
         self.head = nn.Linear(config.d_model, config.n_classes)
         init_backbone_(self.embed, self.blocks)
         nn.init.normal_(self.head.weight, std=INIT_STD)
         nn.init.zeros_(self.head.bias)
+        for proj in self.dense or ():  # variance-preserving: the next block's RMSNorm sees the usual scale
+            nn.init.normal_(proj.weight, std=proj.in_features ** -0.5)
 
     @staticmethod
     def _make_mixer(name: str, d_model: int, options: dict[str, Any]) -> nn.Module:
@@ -75,9 +89,14 @@ class SequenceClassifier(PretrainedMixin, nn.Module):
                     "use causal mixers with bidirectional: true for padded batches"
                 )
         h = self.dropout(self.embed(tokens))  # [B, T, D]
-        for block in self.blocks:
+        features = [h]  # dense: every earlier layer's output, the embeddings first
+        for i, block in enumerate(self.blocks):
             kwargs = {"lengths": lengths} if isinstance(block.mixer, Bidirectional) else {}
+            if self.dense is not None and i > 0:
+                h = self.dense[i - 1](torch.cat(features, dim=-1))  # [B, T, (i + 1) D] -> [B, T, D]
             h, _ = block(h, **kwargs)
+            if self.dense is not None:
+                features.append(h)
         with full_precision(h):  # float32 logits, as in LanguageModel
             h = h.to(torch.promote_types(self.head.weight.dtype, torch.float32))
             return nn.functional.linear(

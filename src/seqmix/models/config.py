@@ -170,12 +170,14 @@ class ClassifierConfig(BackboneConfig):
     n_classes: int = 2  # number of output classes
     pooling: str = "last"  # "last": the last (non-padding) position; "mean": the mean over positions
     bidirectional: bool = False  # also run every causal mixer over the reversed sequence (see Bidirectional)
+    dense: bool = False  # layer l reads a linear map of [embeddings; outputs of layers 1..l-1] (Ding et al. 2018)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         try:
             options.positive_int("n_classes", self.n_classes)
             options.boolean("bidirectional", self.bidirectional)
+            options.boolean("dense", self.dense)
         except ValueError as exc:
             raise UserError(str(exc)) from None
         if self.pooling not in POOLINGS:
