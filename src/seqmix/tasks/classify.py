@@ -220,8 +220,7 @@ def evaluate(ctx: EvalContext) -> dict:
     model = SequenceClassifier.from_pretrained(ctx.directory).to(ctx.device).eval()
     splits = _load(data, ctx.data)
     seqs, labels = splits.encoded(ctx.split, data.keep_parens), splits.labels[ctx.split]
-    precision = ctx.config.trainer.precision
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
+    autocast = ctx.autocast()
     metrics = evaluate_split(model, seqs, labels, data, ctx.device, autocast,
                              majority=majority_class(splits.labels["train"]))
     return {**metrics, "data_sha256": splits.sha256}

@@ -205,8 +205,7 @@ def evaluate(ctx: EvalContext) -> dict:
         cfg = dataclasses.replace(cfg, eval_batch_size=ctx.batch_size)
     model = Forecaster.from_pretrained(ctx.directory).to(ctx.device).eval()
     data = prepare(cfg, ctx.data)
-    precision = ctx.config.trainer.precision
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
+    autocast = ctx.autocast()
     metrics = evaluate_windows(model, data, data.starts(ctx.split, cfg.lookback, cfg.horizon), cfg, ctx.device,
                                autocast)
     return {**metrics, "lookback": cfg.lookback, "horizon": cfg.horizon, "data_sha256": data.sha256}

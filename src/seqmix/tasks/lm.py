@@ -72,8 +72,7 @@ def evaluate(ctx: EvalContext) -> dict:
     data_cfg = DataConfig(**data)
     _, train_ids, val_ids = load_lm_data(data_cfg, tokenizer, split=ctx.split)
     task = LMTask(train_ids, val_ids, data_cfg, seed=0, device=ctx.device)
-    precision = ctx.config.trainer.precision
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
+    autocast = ctx.autocast()
     return {**task.evaluate(model, autocast=autocast), "tokenizer": tokenizer.kind}
 
 

@@ -335,8 +335,7 @@ def evaluate(ctx: EvalContext) -> dict:
         raise UserError(f"the checkpoint scores {model.n_items} items but {cfg.path or 'the default Video.txt'} "
                         f"has {data.n_items}; evaluate on the data it was trained on")
     split = eval_split(data, ctx.split, cfg.n_negatives, cfg.eval_seed)
-    precision = ctx.config.trainer.precision
-    autocast = (lambda: torch.autocast(ctx.device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
+    autocast = ctx.autocast()
     metrics = evaluate_split(model, split, data, cfg, cloze=model.cloze, exact=_exact_lengths(model),
                              autocast=autocast, device=ctx.device)
     trained_on = ckpt.read_json(ctx.directory / "trainer.json").get("seqrec", {}) if (ctx.directory / "trainer.json").exists() else {}

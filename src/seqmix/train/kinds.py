@@ -87,6 +87,13 @@ class EvalContext:
     data: Optional[str] = None  # override of the data location
     seq_len: Optional[int] = None  # language models: override of the evaluation window
 
+    def autocast(self) -> Optional[Callable[[], Any]]:
+        """A factory of the training run's autocast context (bf16 runs), or None (fp32): evaluation
+        computes in the precision the model was trained in."""
+        if self.config.trainer.precision != "bf16":
+            return None
+        return lambda: torch.autocast(self.device.type, dtype=torch.bfloat16)
+
 
 def kind_names() -> list[str]:
     return list(KIND_MODULES)
