@@ -22,7 +22,6 @@ right-padded with id 0 (``pad_batch``) and come with the true lengths, which
 from __future__ import annotations
 
 import hashlib
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -30,6 +29,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from seqmix.data.paths import shared_data_root
 from seqmix.errors import UserError
 
 __all__ = ["OPERATORS", "VOCAB", "PAD_ID", "N_CLASSES", "DEFAULT_LISTOPS", "ListOpsSplits", "default_listops_path",
@@ -48,9 +48,7 @@ DEFAULT_LISTOPS = Path("listops") / "test_d20s.tsv"
 
 def default_listops_path() -> Path:
     """``$SEQMIX_DATA/listops/test_d20s.tsv``, else ``../shared/data/listops/test_d20s.tsv`` beside the checkout."""
-    root = os.environ.get("SEQMIX_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
-    return (base / DEFAULT_LISTOPS).resolve()
+    return (shared_data_root() / DEFAULT_LISTOPS).resolve()
 
 
 @dataclass

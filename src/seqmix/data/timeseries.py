@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Sequence, Union
@@ -36,6 +35,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
+from seqmix.data.paths import shared_data_root
 from seqmix.errors import UserError
 
 __all__ = ["ETTH_BORDERS", "DEFAULT_ETTH1", "Series", "default_etth1_path", "read_csv_series", "split_rows",
@@ -49,9 +49,7 @@ SPLITS = ("train", "valid", "test")
 
 def default_etth1_path() -> Path:
     """``$SEQMIX_DATA/timeseries/ETT-small/ETTh1.csv``, else ``../shared/data/...`` beside the checkout."""
-    root = os.environ.get("SEQMIX_DATA")
-    base = Path(root) if root else Path(__file__).resolve().parents[3] / ".." / "shared" / "data"
-    return (base / DEFAULT_ETTH1).resolve()
+    return (shared_data_root() / DEFAULT_ETTH1).resolve()
 
 
 @dataclass
