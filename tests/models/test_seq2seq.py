@@ -219,6 +219,19 @@ def test_recurrent_decoder_state_does_not_grow():
     assert isinstance(state, Seq2SeqState)
 
 
+@pytest.mark.parametrize("name, cross", [("attention", "dot"), ("lstm", "additive"), ("mamba", "dot")])
+def test_bfloat16_autocast_stays_close_and_decodes(name, cross):
+    model = make((name,), cross=cross).float()
+    src, tgt, lengths = ids(3, 7, V_SRC), ids(3, 5, V_TGT, seed=1), torch.tensor([7, 3, 5])
+    reference = model(src, tgt, lengths)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits = model(src, tgt, lengths)
+        hyps = beam_search(model, src, lengths, bos_id=BOS, eos_id=EOS, max_len=6, beam_size=3)
+    assert logits.dtype == torch.float32  # the head runs with autocast off
+    torch.testing.assert_close(logits, reference, rtol=0, atol=5e-2)
+    assert len(hyps) == 3 and all(len(h.tokens) <= 6 for h in hyps)
+
+
 # --------------------------------------------------------------------------- config and errors
 def test_save_and_load_round_trip(tmp_path):
     model = make(("lstm",), cross="additive")

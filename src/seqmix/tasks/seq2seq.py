@@ -236,10 +236,6 @@ def _load(cfg: Seq2SeqDataConfig, root: Optional[str] = None) -> dict:
     return load_pairs(cfg.dataset, root if root is not None else cfg.root, cfg.split_name)
 
 
-def _autocast(precision: str, device: torch.device) -> Any:
-    return (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if precision == "bf16" else None
-
-
 def build(ctx: BuildContext) -> Built:
     from seqmix.data.seq2seq_data import PairTokenizer, build_pair_tokenizer, encode_pairs
     from seqmix.models.seq2seq import Seq2Seq
@@ -285,7 +281,7 @@ def evaluate(ctx: EvalContext) -> dict:
     splits = _load(data, ctx.data)
     pairs = splits[ctx.split]
     pairs_ids = encode_pairs(tok, pairs)
-    autocast = _autocast(ctx.config.trainer.precision, ctx.device)
+    autocast = ctx.autocast()
     metrics = teacher_forced_metrics(model, pairs_ids, tok, data.eval_batch_size, ctx.device, autocast)
     t0 = time.perf_counter()
     max_len = _decode_len(data, encode_pairs(tok, splits["train"]))
