@@ -107,7 +107,7 @@ def test_model_config_takes_shapes_from_the_data():
     assert (cfg.n_channels, cfg.lookback, cfg.horizon) == (0, 0, 0)
     resolved = cfg.resolve(7, 96, 336)
     assert isinstance(resolved, ForecasterConfig) and (resolved.n_channels, resolved.horizon) == (7, 336)
-    with pytest.raises(UserError, match="model.horizon is 96 but the data gives 336"):
+    with pytest.raises(UserError, match="model.horizon is 96 but the data has 336"):
         ForecastModelConfig(horizon=96).resolve(7, 96, 336)
     with pytest.raises(UserError, match="^model.readout must be one of"):
         ForecastModelConfig(readout="first")

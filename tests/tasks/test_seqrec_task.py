@@ -228,7 +228,7 @@ def test_bad_configs_name_the_field():
         SeqRecModelConfig(objective="mlm")
     with pytest.raises(UserError, match=r"model.d_model"):
         SeqRecModelConfig(d_model=-1)
-    with pytest.raises(UserError, match=r"model.n_items is 5 but the data has 40 items"):
+    with pytest.raises(UserError, match=r"model.n_items is 5 but the data has 40"):
         SeqRecModelConfig(n_items=5).resolve(40)
 
 

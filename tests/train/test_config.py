@@ -42,7 +42,7 @@ def test_config_round_trips_and_vocab_size_comes_from_the_tokenizer():
     assert again == cfg and cfg.model.vocab_size == 0
     model_cfg = cfg.model.resolve(65)
     assert type(model_cfg) is ModelConfig and model_cfg.vocab_size == 65 and model_cfg.pattern == ["mamba", "attention"]
-    with pytest.raises(UserError, match="model.vocab_size is 50 but the tokenizer has 65 tokens"):
+    with pytest.raises(UserError, match="model.vocab_size is 50 but the tokenizer has 65"):
         LMModelConfig(vocab_size=50).resolve(65)
 
 

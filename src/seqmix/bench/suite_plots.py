@@ -99,6 +99,18 @@ def _legend(fig: Any, handles: list[Any], rows_of_plots: int) -> None:
         fig.tight_layout(rect=(0, 0.04 + 0.02 * (len(handles) // 6) / max(1, rows_of_plots), 1, 1))
 
 
+def _plot_series(ax: Any, series: dict[str, list[tuple[float, float]]], style: dict[str, tuple[Any, str, str]],
+                 seen: dict[str, Any], **line_style: Any) -> None:
+    """One line per label (points sorted by x) in the label's colour, marker and dash; the first line of
+    each label goes into ``seen`` for the shared legend."""
+    for label, points in series.items():
+        colour, marker, dash = style[label]
+        points = sorted(points)
+        (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=colour,
+                          linestyle=dash, label=label, **line_style)
+        seen.setdefault(label, line)
+
+
 def score_vs_state(panels: dict[str, dict[str, list[tuple[float, float]]]], metric_names: dict[str, str],
                    style: dict[str, tuple[Any, str, str]]) -> bytes:
     """``panels[task][label] = [(state_size, score), ...]`` -> one log-x scatter per task."""
@@ -107,12 +119,7 @@ def score_vs_state(panels: dict[str, dict[str, list[tuple[float, float]]]], metr
     fig, axes = _grid(len(panels))
     seen: dict[str, Any] = {}
     for ax, (task, series) in zip(axes, panels.items()):
-        for label, points in series.items():
-            colour, marker, dash = style[label]
-            points = sorted(points)
-            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=colour,
-                              linestyle=dash, linewidth=1, markersize=6, label=label)
-            seen.setdefault(label, line)
+        _plot_series(ax, series, style, seen, linewidth=1, markersize=6)
         ax.set_xscale("log")
         ax.xaxis.set_minor_formatter(NullFormatter())  # "2x10^3 3x10^3 ..." labels collide on a short axis
         ax.set_title(task, fontsize=10)
@@ -130,12 +137,7 @@ def score_vs_length(panels: dict[str, dict[str, list[tuple[float, float]]]], tra
     fig, axes = _grid(len(panels))
     seen: dict[str, Any] = {}
     for ax, (task, series) in zip(axes, panels.items()):
-        for label, points in series.items():
-            colour, marker, dash = style[label]
-            points = sorted(points)
-            (line,) = ax.plot([p[0] for p in points], [p[1] for p in points], marker=marker, color=colour,
-                              linestyle=dash, linewidth=1.4, markersize=5, label=label)
-            seen.setdefault(label, line)
+        _plot_series(ax, series, style, seen, linewidth=1.4, markersize=5)
         if train_x.get(task) is not None:
             ax.axvline(train_x[task], color="grey", linestyle="--", linewidth=1)
             ax.annotate("train", (train_x[task], 1.0), xycoords=("data", "axes fraction"), fontsize=7,

@@ -13,9 +13,8 @@ label) beside them.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -25,40 +24,21 @@ from seqmix import options
 from seqmix.errors import UserError
 from seqmix.models.config import ClassifierConfig
 from seqmix.train.distributed import all_reduce_sum
+from seqmix.train.config import FromData
 from seqmix.train.kinds import BuildContext, Built, EvalContext, TaskKind
 
 __all__ = ["KIND", "ClassifyModelConfig", "ClassifyDataConfig", "ClassifyTask"]
 
 
 @dataclass
-class ClassifyModelConfig(ClassifierConfig):
+class ClassifyModelConfig(FromData, ClassifierConfig):
     """The ``SequenceClassifier`` (``seqmix.models.ClassifierConfig``); sizes 0 are taken from the data."""
 
     vocab_size: int = 0  # token ids the embedding accepts; 0 = the data's vocabulary (ListOps: 18)
     n_classes: int = 0  # output classes; 0 = the data's (ListOps: 10)
 
-    def __post_init__(self) -> None:
-        fill = {name: getattr(self, name) == 0 for name in ("vocab_size", "n_classes")}
-        for name, empty in fill.items():  # validate every other field with placeholders
-            if empty:
-                setattr(self, name, 1)
-        try:
-            super().__post_init__()
-        except ValueError as exc:
-            raise UserError(f"model.{exc}") from None
-        finally:
-            for name, empty in fill.items():
-                if empty:
-                    setattr(self, name, 0)
-
-    def resolve(self, vocab_size: int, n_classes: int) -> ClassifierConfig:
-        """The ``ClassifierConfig`` of the model to build, with the data's sizes filled in."""
-        for name, value in (("vocab_size", vocab_size), ("n_classes", n_classes)):
-            if getattr(self, name) not in (0, value):
-                raise UserError(f"model.{name} is {getattr(self, name)} but the data has {value}; "
-                                f"set it to 0 (take it from the data) or to {value}")
-        return ClassifierConfig.from_dict({**dataclasses.asdict(self), "vocab_size": vocab_size,
-                                           "n_classes": n_classes})
+    from_data: ClassVar[tuple[str, ...]] = ("vocab_size", "n_classes")
+    builds: ClassVar[type] = ClassifierConfig
 
 
 @dataclass
@@ -214,10 +194,8 @@ def build(ctx: BuildContext) -> Built:
 def evaluate(ctx: EvalContext) -> dict:
     from seqmix.models import SequenceClassifier
 
-    data = ctx.config.data
-    if ctx.batch_size is not None:
-        data = dataclasses.replace(data, eval_batch_size=ctx.batch_size)
-    model = SequenceClassifier.from_pretrained(ctx.directory).to(ctx.device).eval()
+    data = ctx.data_config()
+    model = ctx.load(SequenceClassifier)
     splits = _load(data, ctx.data)
     seqs, labels = splits.encoded(ctx.split, data.keep_parens), splits.labels[ctx.split]
     autocast = ctx.autocast()

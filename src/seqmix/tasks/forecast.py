@@ -11,9 +11,8 @@ as reported in the literature), with the persistence and lookback-mean baselines
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -22,41 +21,22 @@ from seqmix import options
 from seqmix.errors import UserError
 from seqmix.models.forecaster import ForecasterConfig
 from seqmix.train.distributed import all_reduce_sum
+from seqmix.train.config import FromData
 from seqmix.train.kinds import BuildContext, Built, EvalContext, TaskKind
 
 __all__ = ["KIND", "ForecastModelConfig", "ForecastDataConfig", "ForecastTask", "PreparedSeries", "prepare"]
 
 
 @dataclass
-class ForecastModelConfig(ForecasterConfig):
+class ForecastModelConfig(FromData, ForecasterConfig):
     """The ``Forecaster`` (``seqmix.models.forecaster``); channels, lookback and horizon 0 come from the data."""
 
     n_channels: int = 0  # variables per time step; 0 = the data's columns
     lookback: int = 0  # 0 = data.lookback
     horizon: int = 0  # 0 = data.horizon
 
-    def __post_init__(self) -> None:
-        names = ("n_channels", "lookback", "horizon")
-        fill = {name: getattr(self, name) == 0 for name in names}
-        for name, empty in fill.items():  # validate every other field with placeholders
-            if empty:
-                setattr(self, name, 1)
-        try:
-            super().__post_init__()
-        except ValueError as exc:
-            raise UserError(f"model.{exc}") from None
-        finally:
-            for name, empty in fill.items():
-                if empty:
-                    setattr(self, name, 0)
-
-    def resolve(self, n_channels: int, lookback: int, horizon: int) -> ForecasterConfig:
-        values = {"n_channels": n_channels, "lookback": lookback, "horizon": horizon}
-        for name, value in values.items():
-            if getattr(self, name) not in (0, value):
-                raise UserError(f"model.{name} is {getattr(self, name)} but the data gives {value}; "
-                                f"set it to 0 (take it from the data) or to {value}")
-        return ForecasterConfig(**{**dataclasses.asdict(self), **values})
+    from_data: ClassVar[tuple[str, ...]] = ("n_channels", "lookback", "horizon")
+    builds: ClassVar[type] = ForecasterConfig
 
 
 @dataclass
@@ -200,10 +180,8 @@ def build(ctx: BuildContext) -> Built:
 def evaluate(ctx: EvalContext) -> dict:
     from seqmix.models.forecaster import Forecaster
 
-    cfg = ctx.config.data
-    if ctx.batch_size is not None:
-        cfg = dataclasses.replace(cfg, eval_batch_size=ctx.batch_size)
-    model = Forecaster.from_pretrained(ctx.directory).to(ctx.device).eval()
+    cfg = ctx.data_config()
+    model = ctx.load(Forecaster)
     data = prepare(cfg, ctx.data)
     autocast = ctx.autocast()
     metrics = evaluate_windows(model, data, data.starts(ctx.split, cfg.lookback, cfg.horizon), cfg, ctx.device,

@@ -59,7 +59,7 @@ def evaluate(ctx: EvalContext) -> dict:
     from seqmix.data.tokenizers import load_tokenizer
     from seqmix.models import LanguageModel
 
-    model = LanguageModel.from_pretrained(ctx.directory).to(ctx.device).eval()
+    model = ctx.load(LanguageModel)
     tokenizer = load_tokenizer(ctx.directory)
     data = dataclasses.asdict(ctx.config.data)
     data["tokenizer"] = tokenizer.kind

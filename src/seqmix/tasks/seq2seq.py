@@ -25,7 +25,6 @@ the raw references (Multi30k).
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import math
 import time
 from dataclasses import dataclass, field
@@ -273,10 +272,8 @@ def evaluate(ctx: EvalContext) -> dict:
     from seqmix.data.seq2seq_data import PairTokenizer, corpus_bleu, encode_pairs, exact_match
     from seqmix.models.seq2seq import Seq2Seq
 
-    data = ctx.config.data
-    if ctx.batch_size is not None:
-        data = dataclasses.replace(data, eval_batch_size=ctx.batch_size)
-    model = Seq2Seq.from_pretrained(ctx.directory).to(ctx.device).eval()
+    data = ctx.data_config()
+    model = ctx.load(Seq2Seq)
     tok = PairTokenizer.load(ctx.directory)
     splits = _load(data, ctx.data)
     pairs = splits[ctx.split]

@@ -29,9 +29,8 @@ cross-entropy of the target under a softmax over the whole catalogue (the traine
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 from dataclasses import dataclass
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 import numpy as np
 import torch
@@ -43,6 +42,7 @@ from seqmix.errors import UserError
 from seqmix.models.recommender import Recommender, RecommenderConfig
 from seqmix.tasks.ranking import KS, full_rank, pessimistic_rank, rank_sums
 from seqmix.train.distributed import all_reduce_sum
+from seqmix.train.config import FromData
 from seqmix.train.kinds import BuildContext, Built, EvalContext, TaskKind
 
 __all__ = ["KIND", "SeqRecModelConfig", "SeqRecDataConfig", "SeqRecTask", "RecBatch", "LOSSES"]
@@ -51,7 +51,7 @@ LOSSES = ("bce", "ce")
 
 
 @dataclass
-class SeqRecModelConfig(RecommenderConfig):
+class SeqRecModelConfig(FromData, RecommenderConfig):
     """The recommender (``seqmix.models.RecommenderConfig``); ``n_items`` 0 means: from the data."""
 
     d_model: int = 64  # width of the residual stream (SASRec: 50)
@@ -59,24 +59,8 @@ class SeqRecModelConfig(RecommenderConfig):
     dropout: float = 0.2  # dropout on the item embeddings and on each residual branch
     n_items: int = 0  # catalogue size; 0 = the number of distinct items in data.path
 
-    def __post_init__(self) -> None:
-        fill = self.n_items == 0  # validate every other field with a placeholder catalogue
-        if fill:
-            self.n_items = 1
-        try:
-            super().__post_init__()
-        except ValueError as exc:
-            raise UserError(f"model.{exc}") from None
-        finally:
-            if fill:
-                self.n_items = 0
-
-    def resolve(self, n_items: int) -> RecommenderConfig:
-        """The ``RecommenderConfig`` to build, with the data's catalogue size filled in."""
-        if self.n_items not in (0, n_items):
-            raise UserError(f"model.n_items is {self.n_items} but the data has {n_items} items; set model.n_items "
-                            "to 0 (take it from the data) or to the data's count")
-        return RecommenderConfig.from_dict({**dataclasses.asdict(self), "n_items": n_items})
+    from_data: ClassVar[tuple[str, ...]] = ("n_items",)
+    builds: ClassVar[type] = RecommenderConfig
 
 
 @dataclass
@@ -327,9 +311,8 @@ def build(ctx: BuildContext) -> Built:
 def evaluate(ctx: EvalContext) -> dict:
     from seqmix.train import checkpoint as ckpt
 
-    model = Recommender.from_pretrained(ctx.directory).to(ctx.device).eval()
-    cfg = dataclasses.replace(ctx.config.data, **({"path": ctx.data} if ctx.data is not None else {}),
-                              **({"eval_batch_size": ctx.batch_size} if ctx.batch_size is not None else {}))
+    model = ctx.load(Recommender)
+    cfg = ctx.data_config(path=ctx.data)
     data = read_interactions(cfg.path)
     if data.n_items != model.n_items:
         raise UserError(f"the checkpoint scores {model.n_items} items but {cfg.path or 'the default Video.txt'} "

@@ -12,13 +12,13 @@ import dataclasses
 import inspect
 import re
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, ClassVar, Optional
 
 from seqmix import options
 from seqmix.errors import UserError
 from seqmix.models.config import ModelConfig
 
-__all__ = ["LMModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "TOKENIZERS", "document_fields", "sections_for"]
+__all__ = ["FromData", "LMModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "TOKENIZERS", "document_fields", "sections_for"]
 
 TOKENIZERS = ("char", "byte", "word")
 
@@ -38,29 +38,54 @@ def _choice(section: str, name: str, value: Any, allowed: tuple) -> Any:
 
 
 @dataclass
-class LMModelConfig(ModelConfig):
+class FromData:
+    """Mixin for a recipe's model section whose sizes may be 0, meaning "take it from the data".
+
+    A subclass of a model config (``class LMModelConfig(FromData, ModelConfig)``) names those fields in
+    ``from_data`` and the config it builds in ``builds``. Validation runs the model config's own checks
+    with placeholder sizes of 1 for the fields still 0; ``resolve(*sizes)`` fills them in (in
+    ``from_data`` order) and returns the model config, refusing a size set in the recipe that
+    disagrees with the data. (A dataclass without fields, so that jsonargparse still reads its
+    subclasses as plain dataclasses.)
+    """
+
+    from_data: ClassVar[tuple[str, ...]] = ()
+    builds: ClassVar[type]
+    source: ClassVar[str] = "the data"  # where the sizes come from, for messages
+
+    def __post_init__(self) -> None:
+        empty = [name for name in self.from_data if getattr(self, name) == 0]
+        for name in empty:
+            setattr(self, name, 1)
+        try:
+            super().__post_init__()  # type: ignore[misc]
+        except ValueError as exc:
+            raise UserError(f"model.{exc}") from None
+        finally:
+            for name in empty:
+                setattr(self, name, 0)
+
+    def resolve(self, *sizes: int) -> Any:
+        """The ``builds`` config of the model to make, with the data's sizes filled in."""
+        values = dict(zip(self.from_data, sizes, strict=True))
+        for name, value in values.items():
+            if getattr(self, name) not in (0, value):
+                raise UserError(f"model.{name} is {getattr(self, name)} but {self.source} has {value}; set "
+                                f"model.{name} to 0 (take it from {self.source}) or to {value}")
+        data = {**dataclasses.asdict(self), **values}  # type: ignore[call-overload]
+        build = getattr(self.builds, "from_dict", None)
+        return build(data) if build is not None else self.builds(**data)
+
+
+@dataclass
+class LMModelConfig(FromData, ModelConfig):
     """The language model (``seqmix.models.ModelConfig``); ``vocab_size`` 0 means: the tokenizer's size."""
 
     vocab_size: int = 0  # number of token ids; 0 = taken from the tokenizer fitted on the corpus
 
-    def __post_init__(self) -> None:
-        fill = self.vocab_size == 0  # validate every other field with a placeholder vocabulary
-        if fill:
-            self.vocab_size = 1
-        try:
-            super().__post_init__()
-        except ValueError as exc:
-            raise UserError(f"model.{exc}") from None
-        finally:
-            if fill:
-                self.vocab_size = 0
-
-    def resolve(self, vocab_size: int) -> ModelConfig:
-        """The ``ModelConfig`` of the model to build, with the tokenizer's vocabulary size filled in."""
-        if self.vocab_size not in (0, vocab_size):
-            raise UserError(f"model.vocab_size is {self.vocab_size} but the tokenizer has {vocab_size} tokens; "
-                            "set model.vocab_size to 0 (use the tokenizer's size) or to the tokenizer's size")
-        return ModelConfig.from_dict({**dataclasses.asdict(self), "vocab_size": vocab_size})
+    from_data: ClassVar[tuple[str, ...]] = ("vocab_size",)
+    builds: ClassVar[type] = ModelConfig
+    source: ClassVar[str] = "the tokenizer"
 
 
 @dataclass

@@ -11,6 +11,8 @@ so a kind's optional dependencies cost nothing to the others.
 
 from __future__ import annotations
 
+import dataclasses
+
 import importlib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -86,6 +88,18 @@ class EvalContext:
     batch_size: Optional[int] = None  # override of the evaluation batch size
     data: Optional[str] = None  # override of the data location
     seq_len: Optional[int] = None  # language models: override of the evaluation window
+
+    def load(self, model_class: Any) -> Any:
+        """The checkpoint's model of ``model_class``, on the evaluation device, in eval mode."""
+        return model_class.from_pretrained(self.directory).to(self.device).eval()
+
+    def data_config(self, **overrides: Any) -> Any:
+        """The run's data config with the evaluation overrides applied (``--batch_size`` sets
+        ``eval_batch_size``) and any task-specific ``overrides`` (field=value, None = keep)."""
+        if self.batch_size is not None:
+            overrides.setdefault("eval_batch_size", self.batch_size)
+        changes = {k: v for k, v in overrides.items() if v is not None}
+        return dataclasses.replace(self.config.data, **changes) if changes else self.config.data
 
     def autocast(self) -> Optional[Callable[[], Any]]:
         """A factory of the training run's autocast context (bf16 runs), or None (fp32): evaluation
