@@ -166,6 +166,9 @@ def test_train_then_eval_through_the_cli_learns(tmp_path, capsys):
     assert "accuracy" in capsys.readouterr().out
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert any("accuracy" in r for r in records)
+    train = [r for r in records if r["kind"] == "train"]
+    assert train[-1]["examples"] == 120 * 32 and train[-1]["examples_per_s"] > 0  # counted in examples
+    assert all("tokens" not in r for r in train)
 
 
 def test_missing_data_file_names_itself(tmp_path, capsys):

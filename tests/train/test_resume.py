@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+from pathlib import Path
 
 import pytest
 import torch
@@ -83,8 +84,12 @@ def test_fresh_run_refuses_to_replace_a_checkpoint_and_resume_needs_one(make_con
     train_language_model(cfg)
     with pytest.raises(UserError, match="already holds a checkpoint"):
         train_language_model(cfg)
+    metrics = Path(cfg.trainer.out_dir) / "metrics.jsonl"
+    first_run = metrics.read_text().splitlines()
     cfg.trainer.overwrite = True
     assert train_language_model(cfg).step == 2
+    # the replaced run's records are gone: the log holds this run's records only
+    assert len(metrics.read_text().splitlines()) == len(first_run)
 
 
 def test_resume_with_another_model_config_names_the_difference(make_config):

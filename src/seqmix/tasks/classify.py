@@ -114,6 +114,8 @@ class ClassifyTask:
         return ClassifyBatch(tokens.to(self.device), lengths.to(self.device),
                              torch.as_tensor(labels, dtype=torch.long).to(self.device))
 
+    unit = "examples"  # n_items of a batch (the trainer logs examples and examples_per_s)
+
     def loss(self, model: torch.nn.Module, batch: ClassifyBatch) -> tuple[torch.Tensor, int]:
         logits = model(batch.tokens, batch.lengths)  # [B, n_classes]
         return F.cross_entropy(logits.float(), batch.labels), int(batch.labels.numel())

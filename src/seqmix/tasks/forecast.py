@@ -118,6 +118,8 @@ class ForecastTask:
         x, y = make_windows(self.data.values, starts, self.cfg.lookback, self.cfg.horizon)
         return x.to(self.device), y.to(self.device)
 
+    unit = "windows"  # n_items of a batch (the trainer logs windows and windows_per_s)
+
     def loss(self, model: torch.nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, int]:
         x, y = batch
         pred = model(x)  # [B, H, C]

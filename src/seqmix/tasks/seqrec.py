@@ -210,6 +210,8 @@ class SeqRecTask:
             neg[clash] = rng.integers(1, self.data.n_items + 1, size=int(clash.sum()))
         raise UserError("could not draw negatives outside a user's history; the catalogue is too small for loss bce")
 
+    unit = "targets"  # n_items of a batch: scored next-item (or masked-item) positions
+
     def loss(self, model: torch.nn.Module, batch: RecBatch) -> tuple[torch.Tensor, int]:
         """Mean loss over the batch's targets and their count."""
         inner = getattr(model, "module", getattr(model, "_orig_mod", model))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import sys
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,18 @@ __all__ = ["MetricsLogger", "ProgressDisplay", "format_duration"]
 
 
 class MetricsLogger:
-    """Append-only JSONL file (+ TensorBoard when ``torch.utils.tensorboard`` imports and is wanted)."""
+    """Append-only JSONL file (+ TensorBoard when ``torch.utils.tensorboard`` imports and is wanted).
 
-    def __init__(self, out_dir: Path, tensorboard: bool = True) -> None:
+    ``fresh``: a new run in this folder (not a resumed one) starts both logs afresh, so the records of a
+    run it replaces (``--trainer.overwrite``) and that run's ``seqmix eval`` lines do not linger.
+    """
+
+    def __init__(self, out_dir: Path, tensorboard: bool = True, fresh: bool = False) -> None:
         out_dir.mkdir(parents=True, exist_ok=True)
         self.path = out_dir / "metrics.jsonl"
-        self._file = open(self.path, "a", encoding="utf-8")
+        if fresh:
+            shutil.rmtree(out_dir / "tensorboard", ignore_errors=True)
+        self._file = open(self.path, "w" if fresh else "a", encoding="utf-8")
         self._tb: Any = None
         if tensorboard:
             try:

@@ -7,6 +7,8 @@
     evaluate(model, autocast) -> dict       metrics over the whole validation set, "loss" among them
     rank_state() -> dict[str, Tensor]       per-process state to checkpoint (e.g. a carried RNN state)
     load_rank_state(tensors or None)
+    unit (optional attribute)               what n_items counts, for logs and the progress bar
+                                            ("tokens" when absent; "examples", "windows", ...)
 
 (``seqmix.train.data.LMTask`` is the language-modelling one). One optimizer step (numbered below)
 accumulates ``grad_accum`` micro-batches, clips the global gradient norm (Pascanu et al. 2013, "On the
@@ -173,7 +175,8 @@ class Trainer:
         if resume is not None:
             self.restore(resume)
         cfg = self.cfg
-        logger = MetricsLogger(self.out_dir, cfg.tensorboard) if self.dist.is_main else None
+        logger = MetricsLogger(self.out_dir, cfg.tensorboard, fresh=resume is None) if self.dist.is_main else None
+        unit = getattr(self.task, "unit", "tokens")  # what n_items counts: tokens, examples, windows, ...
         display = ProgressDisplay(cfg.max_steps, self.step, enabled=cfg.progress, silent=not self.dist.is_main)
         result = TrainResult(step=self.step)
         previous_handler = self._install_sigint()
@@ -215,9 +218,9 @@ class Trainer:
                         window_t, window_tokens = now, 0
                         if logger:
                             logger.log("train", self.step, loss=loss, lr=lr, grad_norm=grad_norm,
-                                       tokens=self.tokens_seen, tokens_per_s=round(tok_s, 1),
+                                       **{unit: self.tokens_seen, f"{unit}_per_s": round(tok_s, 1)},
                                        train_seconds=round(self.train_seconds, 3))
-                        display.update(self.step, f"loss {loss:.4f}  lr {lr:.2e}  {tok_s:,.0f} tok/s  "
+                        display.update(self.step, f"loss {loss:.4f}  lr {lr:.2e}  {tok_s:,.0f} {unit}/s  "
                                                   f"eta {format_duration(self._eta())}")
                     if cfg.eval_interval and self.step % cfg.eval_interval == 0 and self.step < cfg.max_steps:
                         self._evaluate_and_log(result, logger, display)
