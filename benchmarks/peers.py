@@ -17,7 +17,8 @@ Peers (each at d_model, with its package's own layer defaults where it has a lay
 - flash-linear-attention's naive reference functions (kernel only, with fla's layer-default head shapes;
   the package ``__init__`` needs triton, so each ``naive.py`` is loaded from its file).
 The fla and SDPA peers get random q/k/v/gates, so they do less work than a seqmix mixer, which also
-runs its projections: those ratios are conservative.
+runs its projections: those ratios are conservative. The "kernel only" rows run seqmix's chunkwise op on
+the very inputs fla's naive function gets, which compares the two kernels like for like.
 
 Ratios: "speed-up" = peer time / seqmix time (> 1: seqmix is faster); "growth" = time at the larger
 size / time at the smaller; "memory" = peer peak bytes / seqmix peak bytes (``seqmix.bench.memory``).
@@ -280,6 +281,39 @@ def fla(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
     raise Skip(f"fla has no naive reference for {kernel}")
 
 
+def seqmix_kernel(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
+    """seqmix's chunkwise op on the inputs ``fla(kernel, ...)`` draws (same heads and widths, [B, H, T, K]
+    layout, zero initial state): the like-for-like half of the fla rows, since fla's naive functions run
+    no projections, feature maps or norms."""
+    from seqmix.ops.delta import delta_chunk
+    from seqmix.ops.gla import gla_chunk
+    from seqmix.ops.linear_attention import linear_attention_chunk
+    from seqmix.ops.retention import retention_chunk
+
+    if kernel == "gla":
+        H, K, V = 4, D // 8, D // 4
+        q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
+        g = _rand(B, H, T, K, fn=lambda t: F.logsigmoid(t) / 16)
+        return _fwd_bwd(lambda: gla_chunk(q * K**-0.5, k, v, g, torch.zeros(B, H, K, V)), [q, k, v, g])
+    if kernel == "retnet":
+        H, K, V = 8, D // 8, D // 4
+        log_gamma = torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32)))  # [H]
+        q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
+        return _fwd_bwd(lambda: retention_chunk(q * K**-0.5, k, v, log_gamma, None, torch.zeros(B, H, K, V), 64),
+                        [q, k, v])
+    if kernel == "deltanet":
+        H, K = 4, D // 4
+        q, v = _rand(B, H, T, K), _rand(B, H, T, K)
+        k, beta = _rand(B, H, T, K, fn=lambda t: F.normalize(t, dim=-1)), _rand(B, H, T, fn=torch.sigmoid)
+        return _fwd_bwd(lambda: delta_chunk(q, k, v, beta, torch.zeros(B, H, K, K)), [q, k, v, beta])
+    if kernel == "linear_attention":
+        H, K = 8, D // 8
+        q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, K)
+        state = (torch.zeros(B, H, K, K), torch.zeros(B, H, K))
+        return _fwd_bwd(lambda: linear_attention_chunk(q * K**-0.5, k, v, state, normalize=False), [q, k, v])
+    raise Skip(f"no seqmix kernel row for {kernel}")
+
+
 # --------------------------------------------------------------------------- comparisons
 @dataclass
 class Row:
@@ -335,6 +369,11 @@ def build_rows(s: dict[str, Any]) -> tuple[list[Row], dict[str, tuple[str, Calla
                             ">= 0.67x (within 1.5x)"))
         for ref in fla_refs.get(name, []):
             rows.append(Row(speed, name, f"fla naive {ref}", mine(name),
+                            cand(f"fla {ref} T={T}", lambda ref=ref: fla(ref, B, T, D)), "speed-up", 2.0, ">= 2x"))
+        if name in ("gla", "retnet", "deltanet", "linear_attention"):
+            ref = fla_refs[name][0]
+            rows.append(Row(f"kernel only, fla's inputs, B={B} d={D} T={T}", f"{name} op", f"fla naive {ref}",
+                            cand(f"seqmix op {name} T={T}", lambda name=name: seqmix_kernel(name, B, T, D)),
                             cand(f"fla {ref} T={T}", lambda ref=ref: fla(ref, B, T, D)), "speed-up", 2.0, ">= 2x"))
         rows.append(Row(f"growth T={T} -> {TL}", name, f"itself at T={T}", mine(name, TL), mine(name), "growth",
                         TL / T * 1.25, f"<= {TL / T * 1.25:g} (linear: {TL / T:g})"))
