@@ -148,3 +148,40 @@ def test_mlstm_init_follows_the_package():
     torch.testing.assert_close(m.fgate.bias.detach(), torch.linspace(3.0, 6.0, 4), msg="forget gate biases")
     assert (m.fgate.weight == 0).all() and (m.igate.weight == 0).all(), "gate weights start at 0"
     assert (m.skip == 1).all() and (m.norm_weight == 1).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"bias": True}, {"qkv_block_size": 8, "n_heads": 2}, {"qkv_block_size": 3}, {"qkv_block_size": 16, "n_heads": 4}],
+)
+def test_mlstm_cell_inputs_equal_the_plain_formula(kwargs):
+    """The tiled block-diagonal projections, the key scale on the weight and the gate weights folded
+    through the block-diagonal maps equal the block's formula written out (per-block einsum, three gate
+    projections of [q, k, v]), with non-zero biases."""
+    from seqmix.mixers.mlstm import MLSTM
+
+    torch.manual_seed(0)
+    d_model = 12 if kwargs.get("qkv_block_size") == 3 else 16
+    m = MLSTM(d_model, **kwargs).double()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_()
+    x_m, x_c = torch.randn(2, 5, m.inner, dtype=F64), torch.randn(2, 5, m.inner, dtype=F64)
+
+    def blockdiag(x, w, which):
+        y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (w.shape[0], -1)), w).flatten(-2)
+        return y if m.qkv_bias is None else y + m.qkv_bias[which]
+
+    q, k, v = blockdiag(x_c, m.q_weight, 0), blockdiag(x_c, m.k_weight, 1), blockdiag(x_m, m.v_weight, 2)
+    qkv = torch.cat((q, k, v), dim=-1)
+    log_i, f = m.igate(qkv), m.fgate(qkv)
+    heads = (m.n_heads, m.head_dim)
+    k_scaled = k.unflatten(-1, heads) / m.head_dim**0.5
+    want = (q.unflatten(-1, heads), k_scaled, v.unflatten(-1, heads), log_i, F.logsigmoid(f))
+    got = m._cell_inputs(x_m, x_c, F64)
+    for name, g, w in zip(("q", "k", "v", "log_i", "log_f"), got, want):
+        torch.testing.assert_close(g, w, rtol=1e-12, atol=1e-12, msg=name)
+    # the chunkwise form's layout, [B, H, T, ...], made from the tiles directly (blocks of 16 straddle heads)
+    got = m._cell_inputs(x_m, x_c, F64, heads_first=True)
+    for name, g, w in zip(("q", "k", "v", "log_i", "log_f"), got, want):
+        torch.testing.assert_close(g, w.transpose(1, 2), rtol=1e-12, atol=1e-12, msg=f"{name}, heads first")

@@ -37,6 +37,8 @@ from torch import nn
 from seqmix import options
 from seqmix.mixers.base import Mixer, full_precision
 from seqmix.modules.conv import CausalConv1d
+from seqmix.ops.gated_norm import gated_rms_norm
+from seqmix.ops.short_conv import causal_conv_silu
 from seqmix.ops.ssd import ssd_chunk, ssd_recurrent, ssd_step
 
 __all__ = ["Mamba2", "Mamba2State"]
@@ -148,8 +150,8 @@ class Mamba2(Mixer):
         return self.in_proj(x).split([self.d_inner, self.conv_dim, self.n_heads], dim=-1)
 
     def _gated_norm(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
-        """``RMSNorm(y * SiLU(z))`` over ``d_inner``, in ``y``'s dtype."""
-        return F.rms_norm(y * F.silu(z.to(y.dtype)), (self.d_inner,), self.norm_weight.to(y.dtype), self.norm_eps)
+        """``RMSNorm(y * SiLU(z))`` over ``d_inner``, in ``y``'s dtype (hand-written backward: measured faster)."""
+        return gated_rms_norm(y, z, self.norm_weight, self.norm_eps)
 
     # ------------------------------------------------------------------ contract
     def _piece_width(self) -> int:
@@ -158,10 +160,12 @@ class Mamba2(Mixer):
     def _forward(self, x: torch.Tensor, state: Mamba2State, mode: str) -> tuple[torch.Tensor, Mamba2State]:
         B, T, _ = x.shape
         z, xBC, dt = self._project(x)
-        xBC, conv_state = self.conv(xBC, state.conv)
         dtype = state.ssm.dtype
         with full_precision(x):
-            xs, Bm, Cm = F.silu(xBC.to(dtype)).split([self.d_inner, self.d_state, self.d_state], dim=-1)
+            # conv + SiLU as one op with a hand-written backward, [B, T, C] throughout (measured faster), in
+            # the state's dtype like the rest of the SSM path (under autocast too)
+            xBC, conv_state = causal_conv_silu(xBC.to(dtype), state.conv, self.conv.weight, self.conv.bias)
+            xs, Bm, Cm = xBC.split([self.d_inner, self.d_state, self.d_state], dim=-1)
             dt = F.softplus(dt.to(dtype) + self.dt_bias.to(dtype))  # [B, T, H]
             log_a, sign = self._decay(dt * -torch.exp(self.A_log.to(dtype)))  # [B, T, H]
             xs = xs.view(B, T, self.n_heads, self.head_dim)  # [B, T, H, P]

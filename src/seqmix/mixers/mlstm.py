@@ -39,6 +39,7 @@ from seqmix import options
 from seqmix.mixers.base import Mixer, full_precision
 from seqmix.modules.conv import CausalConv1d
 from seqmix.ops.mlstm import MLSTMCellState, mlstm_chunk, mlstm_recurrent, mlstm_step
+from seqmix.ops.short_conv import causal_conv_silu
 
 __all__ = ["MLSTM", "MLSTMState"]
 
@@ -139,32 +140,69 @@ class MLSTM(Mixer):
         self.skip.fill_(1.0)
 
     # ------------------------------------------------------------------ shared pieces
-    def _blockdiag(self, x: torch.Tensor, weight: torch.Tensor, which: int) -> torch.Tensor:
-        """Block-diagonal projection of ``x: [..., inner]`` (the package's LinearHeadwiseExpand)."""
-        # the weight follows x's dtype: under autocast x is already in low precision and einsum is not cast
-        y = torch.einsum("...gi,goi->...go", x.unflatten(-1, (weight.shape[0], -1)), weight.to(x.dtype))
-        y = y.flatten(-2)  # [..., inner]
-        return y if self.qkv_bias is None else y + self.qkv_bias[which].to(y.dtype)
+    def _blockdiag(
+        self, x: torch.Tensor, maps: tuple[tuple[torch.Tensor, int, float], ...], heads_first: bool
+    ) -> list[torch.Tensor]:
+        """Block-diagonal projections of ``x: [..., inner]`` (the package's LinearHeadwiseExpand).
 
-    def _cell_inputs(self, x_m: torch.Tensor, x_c: torch.Tensor, dtype: torch.dtype):
-        """q, k (scaled), v ``[..., H, head_dim]`` and ``log_i, log_f: [..., H]`` in ``dtype``."""
-        q = self._blockdiag(x_c, self.q_weight, 0)  # [..., inner]
-        k = self._blockdiag(x_c, self.k_weight, 1)
-        v = self._blockdiag(x_m, self.v_weight, 2)
-        # both gates read [q, k, v]; summing three projections spares the [..., 3 inner] concatenation
-        weight = torch.cat((self.igate.weight, self.fgate.weight)).split(self.inner, dim=-1)  # 3 x [2H, inner]
+        ``maps``: ``(weight [n_blocks, bs, bs], bias row, scale)`` per output; all read ``x``. The ``bs x bs``
+        blocks are laid into dense diagonal tiles of up to 32 channels (zeros between the blocks of a tile)
+        and every map's tiles are stacked, so one batched matmul over the tiles makes all outputs: on a CPU
+        several times faster (forward and backward) than a matmul batched over the many tiny blocks. Outputs
+        are ``[..., H, head_dim]``, or with ``heads_first`` (``x: [B, T, inner]``) ``[B, H, T, head_dim]``
+        made straight from the tiles when they do not straddle heads (one copy instead of two).
+        """
+        n_blocks, bs, _ = maps[0][0].shape
+        H, Dh = self.n_heads, self.head_dim
+        aligned = Dh % bs == 0  # tiles can be kept inside heads
+        per = next(
+            p for p in range(max(1, 32 // bs), 0, -1) if n_blocks % p == 0 and (not aligned or Dh % (p * bs) == 0)
+        )  # blocks per tile
+        E, n_tiles = per * bs, n_blocks // per
+        # the weights follow x's dtype: under autocast x is already in low precision
+        eye = torch.eye(per, dtype=x.dtype, device=x.device)[None, :, None, :, None]  # [1, per, 1, per, 1]
+        tiles = [(w.to(x.dtype).view(n_tiles, per, bs, 1, bs) * (eye * s)).reshape(n_tiles, E, E) for w, _, s in maps]
+        tiles = torch.cat(tiles, dim=1)  # [tiles, maps * E out, E in], block-diagonal, scaled
+        xt = x.reshape(-1, n_tiles, E).transpose(0, 1)  # [tiles, N, E]
+        y = torch.bmm(xt, tiles.transpose(1, 2))  # [tiles, N, maps * E]
+        outs = []
+        for yi, (_, which, scale) in zip(y.split(E, dim=-1), maps):  # [tiles, N, E] each (split: one cat in backward)
+            if self.qkv_bias is not None:
+                yi = yi + (self.qkv_bias[which] * scale).to(y.dtype).view(n_tiles, 1, E)
+            if heads_first and aligned:
+                B, T = x.shape[:2]
+                outs.append(yi.view(H, Dh // E, B, T, E).permute(2, 0, 3, 1, 4).reshape(B, H, T, Dh))
+            else:
+                out = yi.transpose(0, 1).reshape(*x.shape[:-1], H, Dh)  # [..., H, Dh]
+                outs.append(out.transpose(1, 2) if heads_first else out)
+        return outs
+
+    def _cell_inputs(self, x_m: torch.Tensor, x_c: torch.Tensor, dtype: torch.dtype, heads_first: bool = False):
+        """q, k (scaled), v ``[..., H, head_dim]`` and ``log_i, log_f: [..., H]`` in ``dtype``; with
+        ``heads_first`` (``x: [B, T, inner]``) ``[B, H, T, head_dim]`` and ``[B, H, T]``."""
+        # keys scaled by 1/sqrt(head_dim) through their weight
+        q, k = self._blockdiag(x_c, ((self.q_weight, 0, 1.0), (self.k_weight, 1, self.head_dim**-0.5)), heads_first)
+        (v,) = self._blockdiag(x_m, ((self.v_weight, 2, 1.0),), heads_first)
+        # both gates read the unscaled [q, k, v], block-diagonal maps of [x_c, x_c, x_m]: folded into the gate
+        # weights (tiny [2H, inner] products), the gates are two thin projections instead of three
+        w = torch.cat((self.igate.weight, self.fgate.weight)).split(self.inner, dim=-1)  # 3 x [2H, inner]
+        w_c = _fold(w[0], self.q_weight) + _fold(w[1], self.k_weight)  # [2H, inner], reads x_c
         bias = torch.cat((self.igate.bias, self.fgate.bias))  # [2H]
-        gates = F.linear(q, weight[0], bias) + F.linear(k, weight[1]) + F.linear(v, weight[2])  # [..., 2H]
+        if self.qkv_bias is not None:
+            bias = bias + sum(wi @ b for wi, b in zip(w, self.qkv_bias))
+        gates = F.linear(x_c, w_c, bias) + F.linear(x_m, _fold(w[2], self.v_weight))  # [..., 2H]
         log_i, f = gates.to(dtype).chunk(2, dim=-1)  # [..., H] each
         log_f = F.logsigmoid(f) if self.forget_gate == "sigmoid" else f
-        heads = (self.n_heads, self.head_dim)
-        q, k, v = (t.to(dtype).unflatten(-1, heads) for t in (q, k, v))
-        return q, k * self.head_dim**-0.5, v, log_i, log_f
+        if heads_first:
+            log_i, log_f = log_i.transpose(1, 2), log_f.transpose(1, 2)  # [B, H, T]
+        return q.to(dtype), k.to(dtype), v.to(dtype), log_i, log_f
 
     def _gate(self, h: torch.Tensor, x_c: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
         """``h: [..., H, head_dim]`` -> per-head norm, learnable skip and output gate: ``[..., inner]``."""
+        # layer_norm per head, not group_norm over [N, inner]: the latter's CPU backward measured 3x slower
         h = F.layer_norm(h, (self.head_dim,), eps=self.norm_eps).flatten(-2) * self.norm_weight.to(h.dtype)
-        return (h + self.skip.to(h.dtype) * x_c.to(h.dtype)) * F.silu(z.to(h.dtype))
+        h = torch.addcmul(h, x_c.to(h.dtype), self.skip.to(h.dtype))  # + skip * x_c
+        return h * F.silu(z.to(h.dtype))
 
     # ------------------------------------------------------------------ contract
     def _piece_width(self) -> int:
@@ -172,9 +210,9 @@ class MLSTM(Mixer):
 
     def _forward(self, x: torch.Tensor, state: MLSTMState, mode: str) -> tuple[torch.Tensor, MLSTMState]:
         x_m, z = self.up_proj(x).chunk(2, dim=-1)  # [B, T, inner] each
-        x_c, conv_state = self.conv(x_m, state.conv)
-        x_c = F.silu(x_c)
-        q, k, v, log_i, log_f = (t.transpose(1, 2) for t in self._cell_inputs(x_m, x_c, state.C.dtype))
+        # conv + SiLU as one op with a hand-written backward, [B, T, C] throughout (measured faster)
+        x_c, conv_state = causal_conv_silu(x_m, state.conv, self.conv.weight, self.conv.bias)
+        q, k, v, log_i, log_f = self._cell_inputs(x_m, x_c, state.C.dtype, heads_first=True)  # [B, H, T, ...]
         with full_precision(x):  # the cell accumulates in the state's dtype
             cell = MLSTMCellState(state.C, state.n, state.m)
             if mode == "chunk":
@@ -216,3 +254,8 @@ class MLSTM(Mixer):
             f"d_conv={self.d_conv}, qkv_block_size={self.qkv_block_size}, chunk_size={self.chunk_size}, "
             f"forget_gate={self.forget_gate!r}"
         )
+
+
+def _fold(w: torch.Tensor, blocks: torch.Tensor) -> torch.Tensor:
+    """``w @ blockdiag(blocks)``: ``w: [M, n_blocks * bs]``, ``blocks: [n_blocks, bs out, bs in]`` -> ``[M, inner]``."""
+    return torch.einsum("mgo,goi->mgi", w.unflatten(-1, (blocks.shape[0], -1)), blocks).flatten(-2)

@@ -169,6 +169,7 @@ def mlstm_chunk(
     S_aug = torch.cat((C0, n0.unsqueeze(-1)), dim=-1)  # [B, H, K, V+1]
     out, S_aug = ssd_chunk(q, k_scaled, v_aug, log_a, S_aug, chunk_size)
     # 4.
-    h = mlstm_normalise(out[..., :Vd], out[..., Vd], m, eps)  # [B, H, T, V]
+    num, qn = out.split([Vd, 1], dim=-1)  # split, not two slices: backward joins them in one pass
+    h = mlstm_normalise(num, qn.squeeze(-1), m, eps)  # [B, H, T, V]
     state = MLSTMCellState(S_aug[..., :Vd].contiguous(), S_aug[..., Vd].contiguous(), m[..., -1])
     return h, state

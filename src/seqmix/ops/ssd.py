@@ -20,8 +20,9 @@ Mamba-2's ``ngroups = 1``) or ``H``; ``v: [B, H, T, V]``; ``log_a: [B, H, T]`` (
 - ``ssd_recurrent``: the spec, a Python loop over ``ssd_step``.
 - ``ssd_chunk``: chunks of ``C`` tokens. Inside a chunk the output is a masked ``C x C`` matmul with the
   decay matrix ``L[i, j] = prod_{j < s <= i} a_s`` plus the entering state's contribution; across chunks
-  the state is passed along (one scale-and-add of the ``[B, H, K, V]`` state per chunk). A Python loop
-  runs over the ``T / C`` chunks, never over tokens.
+  the state is passed along (one scale-and-add of the ``[B, H, K, V]`` state per chunk). All chunks are
+  handled by batched matmuls; a Python loop runs over the ``T / C`` chunks for the state passing only,
+  never over tokens. Its backward is written by hand (``seqmix.ops.ssd_fast``).
 
 Numerics. Decays enter only as ``exp`` of sums of ``log|a|`` over a segment, built by a masked cumulative
 sum (the "segsum" of the paper's listing) and masked to ``-inf`` above the diagonal BEFORE ``exp``: every
@@ -36,7 +37,6 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import torch.nn.functional as F
 
 __all__ = ["positive_chunk_size", "segsum", "ssd_step", "ssd_recurrent", "ssd_chunk"]
 
@@ -56,9 +56,10 @@ def segsum(x: torch.Tensor) -> torch.Tensor:
     """
     L = x.shape[-1]
     idx = torch.arange(L, device=x.device)
-    rows = x.unsqueeze(-1).expand(*x.shape, L)  # [..., L(s), L(j)]: x_s in every column j
-    out = rows.masked_fill(idx[:, None] <= idx[None, :], 0.0).cumsum(-2)  # keep s > j, sum over s <= i
-    return out.masked_fill(idx[:, None] < idx[None, :], float("-inf"))
+    # [..., L(s), L(j)]: x_s in every column j with s > j, else 0 (one pass: where broadcasts x)
+    rows = torch.where(idx[:, None] > idx[None, :], x.unsqueeze(-1), x.new_zeros(()))
+    out = rows.cumsum(-2)  # sum over j < s <= i
+    return out.masked_fill_(idx[:, None] < idx[None, :], float("-inf"))  # cumsum's backward needs not its output
 
 
 def _check(q, k, v, log_a, initial_state, sign) -> None:
@@ -122,63 +123,26 @@ def ssd_chunk(
     chunk_size: int = 64,
     sign: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Chunkwise SSD (paper Listing 1, with the state passed along chunk by chunk).
+    """Chunkwise SSD (paper Listing 1), one autograd function with a hand-written backward.
 
     1. Pad ``T`` to ``N * C``: padded tokens have ``k = 0`` and ``log_a = 0`` (``a = 1``), so they leave
        the state untouched; their outputs are cut off.
     2. Per chunk, log-decays from each token to each later one: ``segsum(log_a)`` (``[.., C, C]``), to the
        chunk's end (its last row) and from the chunk's start (inclusive cumulative sum ``G``).
-    3. Intra-chunk outputs: ``((q k^T) * L) v`` with ``L = P_i P_j exp(segsum)``; when ``q`` and ``k`` are
-       shared by all heads their scores are computed once.
-    4. Inter-chunk outputs: ``P_i exp(G_i) q_i^T S_in`` from the state ``S_in`` entering the chunk.
-    5. State passing: ``S <- a_chunk S + sum_j (decay j -> end) k_j v_j^T``.
+    3. What every chunk adds to the state, ``sum_j (decay j -> end) k_j v_j^T``, for all chunks at once.
+    4. State passing: ``S <- a_chunk S + (3.)``, a loop over the ``T / C`` chunks on ``[B, H, K, V]``.
+    5. Outputs, all chunks at once: ``((q k^T) * L) v`` with ``L = P_i P_j exp(segsum)`` inside the chunk
+       plus ``P_i exp(G_i) q_i^T S_in`` from the state entering it.
 
-    The chunks are visited in a loop that does steps 2-5 for one chunk at a time: every intermediate
-    is a ``[B, H, C, C]`` or ``[B, H, K, V]`` block that stays in cache, and no ``[B, H, T/C, K, V]``
-    stack of states is ever built (backward keeps one state per chunk). On CPUs this measured faster
-    than batching steps 2-3 over all chunks, whose large temporaries cost more in memory traffic than
-    the loop costs in dispatch.
+    The backward mirrors these steps (``seqmix.ops.ssd_fast`` writes out its formulas): a reverse loop
+    over chunks for the state gradients, batched matmuls for the rest. Autograd keeps the inputs, the
+    ``C x C`` decay and score blocks, the inter-chunk outputs and one state per chunk; never a state per
+    token. When ``q`` and ``k`` are shared by all heads (Mamba-2) their matmuls take all heads at once.
+    Runs with autocast off (the state accumulates in the inputs' dtype); double backward is not
+    supported (``ssd_recurrent`` offers it).
     """
     _check(q, k, v, log_a, initial_state, sign)
-    B, H, T, V = v.shape
-    K = q.shape[-1]
-    C = min(positive_chunk_size(chunk_size), T)
-    N = -(-T // C)
-    pad = N * C - T
+    C = min(positive_chunk_size(chunk_size), v.shape[2])
+    from seqmix.ops.ssd_fast import ssd_chunk_fused  # it builds on segsum below
 
-    # 1. pad and split into chunks
-    if pad:
-        q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
-        log_a = F.pad(log_a, (0, pad))
-        if sign is not None:
-            sign = F.pad(sign, (0, pad), value=1.0)
-    chunks = [
-        q.reshape(B, q.shape[1], N, C, K).unbind(2),  # N x [B, Hq, C, K]
-        k.reshape(B, k.shape[1], N, C, K).unbind(2),  # N x [B, Hk, C, K]
-        v.reshape(B, H, N, C, V).unbind(2),  # N x [B, H, C, V]
-        log_a.reshape(B, H, N, C).unbind(2),  # N x [B, H, C]
-        (None,) * N if sign is None else sign.reshape(B, H, N, C).unbind(2),
-    ]
-
-    state = initial_state
-    outs = []
-    for q_n, k_n, v_n, la_n, s_n in zip(*chunks):
-        # 2. decays inside the chunk, masked to -inf above the diagonal before exp
-        L = segsum(la_n).exp()  # [B, H, C, C]
-        from_start = la_n.cumsum(-1).exp()  # [B, H, C]: decay from the chunk's start through token i
-        to_end = L[..., -1, :]  # [B, H, C]: decay from token j to the chunk's last token
-        chunk_decay = from_start[..., -1]  # [B, H]
-        if s_n is not None:
-            P = s_n.cumprod(-1)  # [B, H, C], +-1
-            L = L * (P.unsqueeze(-1) * P.unsqueeze(-2))
-            to_end = to_end * (P[..., -1:] * P)
-            from_start = from_start * P
-            chunk_decay = chunk_decay * P[..., -1]
-        # 3. + 4. outputs
-        scores = q_n @ k_n.transpose(-1, -2)  # [B, Hq|Hk|1, C, C]
-        o = (scores * L) @ v_n + (q_n @ state) * from_start.unsqueeze(-1)  # [B, H, C, V]
-        outs.append(o)
-        # 5. the state entering the next chunk; the decay scales v, so a shared k is not copied per head
-        state = chunk_decay[..., None, None] * state + k_n.transpose(-1, -2) @ (v_n * to_end.unsqueeze(-1))
-    o = torch.stack(outs, dim=2).reshape(B, H, N * C, V)  # [B, H, T', V]
-    return o[:, :, :T], state
+    return ssd_chunk_fused(q, k, v, log_a, initial_state, C, sign)
