@@ -112,3 +112,55 @@ def test_rotation_changes_the_output() -> None:
     rotated, _ = retention_chunk(*(x[n] for n in ARGS), chunk_size=4)
     plain, _ = retention_chunk(*(x[n] if n != "theta" else None for n in ARGS), chunk_size=4)
     assert (rotated - plain).abs().max() > 1e-3
+
+
+def test_chunk_float32_keeps_long_rotations_precise() -> None:
+    # The chunk form rotates queries and keys by their position in the whole call (up to T radians times
+    # the fastest frequency), not by their position in a chunk: in float32 those angles must be formed
+    # in float64, or scores drift by up to T * 3e-8 radians (here ~5e-4) from the float64 result. The
+    # float64 chunk form stands in for the reference loop (the tests above prove them equal) to stay fast.
+    T = 4000
+    inputs = make_inputs(T, "near_one", True, torch.float64, seed=3)
+    inputs = {n: t[:1, :1] if t.ndim == 4 else t[:1] for n, t in inputs.items()}  # B = H = 1
+    # every pair fast (angles up to ~10^4); a float32 number, so that both runs rotate by the same angles
+    inputs["theta"] = torch.full((K // 2,), 2.3, dtype=torch.float32).double()
+    chunk = partial(retention_chunk, chunk_size=64)
+    expected = {n: t.float() for n, t in run(chunk, inputs).items()}
+    actual = run(chunk, {n: None if t is None else t.float() for n, t in inputs.items()})
+    assert_all_close(actual, expected, 1e-4, f"chunk float32 vs float64, T={T}")
+
+
+@pytest.mark.parametrize("which", ["output", "state", "both"])
+@pytest.mark.parametrize("rotary", [True, False], ids=["rotary", "no_rotary"])
+def test_chunk_backward_from_either_output_matches_reference(which: str, rotary: bool) -> None:
+    # The chunk form has a hand-written backward: a loss on the outputs only (no gradient reaches the
+    # final state), on the final state only (none reaches the outputs), or on both must give autograd's
+    # gradients through the reference loop for every argument, decays and frequencies included.
+    inputs = make_inputs(37, "multiscale", rotary, seed=5)
+
+    def loss_of(form):
+        leaves = {n: None if t is None else t.clone().requires_grad_(True) for n, t in inputs.items()}
+        o, state = form(*(leaves[n] for n in ARGS))
+        w_o = torch.randn(o.shape, generator=torch.Generator().manual_seed(1), dtype=o.dtype)
+        w_s = torch.randn(state.shape, generator=torch.Generator().manual_seed(2), dtype=state.dtype)
+        loss = {"output": (o * w_o).sum(), "state": (state * w_s).sum()}
+        total = loss["output"] + loss["state"] if which == "both" else loss[which]
+        wrt = [n for n in ARGS if leaves[n] is not None]
+        grads = torch.autograd.grad(total, [leaves[n] for n in wrt], allow_unused=True)  # q: unused by the state
+        return {f"grad of {n}": torch.zeros_like(leaves[n]) if g is None else g for n, g in zip(wrt, grads)}
+
+    expected = loss_of(retention_recurrent)
+    actual = loss_of(partial(retention_chunk, chunk_size=8))
+    assert_all_close(actual, expected, 1e-10, f"chunk backward, loss on {which}")
+
+
+def test_chunk_without_gradients_keeps_nothing_and_agrees() -> None:
+    # Inference (no input needs a gradient) runs the same forward and keeps no per-chunk states.
+    inputs = make_inputs(50, "multiscale", True, seed=6)
+    args = [inputs[n] for n in ARGS]
+    saved: list[torch.Size] = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(t.shape) or t, lambda t: t):
+        o, state = retention_chunk(*args, chunk_size=16)
+    assert not saved and not o.requires_grad
+    o_ref, state_ref = retention_recurrent(*args)
+    assert_all_close({"o": o, "state": state}, {"o": o_ref, "state": state_ref}, 1e-10, "no-grad chunk form")

@@ -117,6 +117,9 @@ class HGRN2(Mixer):
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         return self.out_proj(self.norm(o.flatten(-2).to(x.dtype)))
 
+    def _piece_width(self) -> int:
+        return self.in_proj.out_features  # measured: pieces pay on a CPU (Mixer._piece_len)
+
     def _forward(self, x: torch.Tensor, state: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         proj = self.in_proj(x)  # in autocast's precision
         with full_precision(x):

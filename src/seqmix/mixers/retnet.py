@@ -121,8 +121,9 @@ class RetNet(Mixer):
         """Projections for ``x: [..., D]`` -> q, k ``[..., H, K]``, v ``[..., H, V]`` in the state's ``dtype``."""
         lead = x.shape[:-1]
         q = self.q_proj(x).view(*lead, self.n_heads, self.head_dim)
-        # The paper's 1/sqrt(d) score scaling, applied to the keys.
-        k = (self.k_proj(x) * self.head_dim**-0.5).view(*lead, self.n_heads, self.head_dim)
+        # The paper's 1/sqrt(d) score scaling, applied to the keys; folded into the [D, D] weight rather
+        # than a pass over the [B, T, D] keys (exact for head_dim a power of 4, a rounding apart otherwise).
+        k = F.linear(x, self.k_proj.weight * self.head_dim**-0.5).view(*lead, self.n_heads, self.head_dim)
         v = self.v_proj(x).view(*lead, self.n_heads, self.value_dim)
         return q.to(dtype), k.to(dtype), v.to(dtype)
 
@@ -134,8 +135,21 @@ class RetNet(Mixer):
     def _output(self, x: torch.Tensor, o: torch.Tensor) -> torch.Tensor:
         """Gate, normalise and project the retention output ``o: [..., H, V]`` of input ``x: [..., D]``."""
         lead = x.shape[:-1]
-        o = self.norm(o.reshape(-1, self.n_heads * self.value_dim)).view(*lead, -1)  # per token and head
+        # The GroupNorm (one group per head: statistics over a head's values at one token) as a layer norm
+        # over each head's values, then its per-channel affine: the same function, several times faster
+        # on a CPU than group_norm on a [tokens, channels] input, backward included.
+        norm = self.norm
+        if self.n_heads == 1:
+            o = F.layer_norm(o, (self.value_dim,), norm.weight, norm.bias, norm.eps).view(*lead, -1)
+        else:
+            o = F.layer_norm(o, (self.value_dim,), eps=norm.eps).reshape(*lead, -1)  # [..., H * V]
+            o = torch.addcmul(norm.bias, o, norm.weight)
         return self.o_proj(F.silu(self.g_proj(x)) * o)
+
+    def _piece_width(self) -> int:
+        # twice the value/gate width: pieces of 1024 tokens at B=4, d=256 measured fastest, if only just
+        # ahead of 512 and 2048 (Mixer._piece_len)
+        return 2 * self.n_heads * self.value_dim
 
     def _forward(self, x: torch.Tensor, state: torch.Tensor, mode: str) -> tuple[torch.Tensor, torch.Tensor]:
         q, k, v = (t.transpose(1, 2) for t in self._qkv(x, state.dtype))  # [B, H, T, K|V]

@@ -32,6 +32,7 @@ Every form returns ``(o: [B, H, T, V], final_state: [B, H, K, V])`` and is diffe
 
 from __future__ import annotations
 
+import contextlib
 import torch
 import torch.nn.functional as F
 
@@ -78,6 +79,74 @@ def delta_recurrent(
     return torch.stack(outs, dim=2), state  # [B, H, T, V]
 
 
+def _no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``t``'s device (a nullcontext where the device has no autocast)."""
+    try:
+        return torch.autocast(t.device.type, enabled=False)
+    except RuntimeError:
+        return contextlib.nullcontext()
+
+
+class _AcrossChunks(torch.autograd.Function):
+    """The state-dependent part of ``delta_chunk``, with a hand-written backward.
+
+    Inputs ``[BH, N, C, *]`` (heads merged into the batch): queries ``q``, keys ``k``, ``W``, ``U~`` and
+    the causal scores ``s = tril(Q K^T)`` of every chunk, and the state ``[BH, K, V]``. Forward, chunk by
+    chunk::
+
+        U_n = U~_n - W_n S_n        O_n = s_n U_n + q_n S_n        S_{n+1} = S_n + k_n^T U_n
+
+    Autograd through the same loop stacks every per-chunk gradient into a new tensor and allocates and
+    sums partial gradients per chunk; here each is written once into a chunk-major buffer. Forward keeps
+    the states entering the chunks (separate ``[BH, K, V]`` tensors) and ``U``. Backward, with ``G`` the
+    gradient of the state leaving chunk n, for n = N-1 .. 0::
+
+        dU_n = s_n^T dO_n + k_n G          dq_n = dO_n S_n^T        ds_n = dO_n U_n^T
+        dk_n = U_n G^T                     dW_n = -dU_n S_n^T       dU~_n = dU_n
+        G    = G + q_n^T dO_n - W_n^T dU_n
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, W, U_tilde, scores, state):  # type: ignore[override]
+        with _no_autocast(q):  # matmuls in the inputs' dtype, whatever the caller's autocast
+            BH, N, C, _ = q.shape
+            V = U_tilde.shape[-1]
+            o = q.new_empty(N, BH, C, V)  # chunk-major: each chunk's block contiguous
+            U = q.new_empty(N, BH, C, V)
+            entering = []
+            for n in range(N):
+                entering.append(state)
+                torch.baddbmm(U_tilde[:, n], W[:, n], state, alpha=-1, out=U[n])  # U~ - W S
+                torch.baddbmm(scores[:, n] @ U[n], q[:, n], state, out=o[n])  # s U + q S
+                state = torch.baddbmm(state, k[:, n].transpose(-1, -2), U[n])  # S + k^T U
+            if any(ctx.needs_input_grad):
+                ctx.save_for_backward(q, k, W, scores, U, *entering)
+            return o.transpose(0, 1), state
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, d_o, d_state):  # type: ignore[override]
+        # the engine runs backward under the caller's autocast; forward ran in the inputs' dtype
+        with _no_autocast(d_o):
+            q, k, W, scores, U, *entering = ctx.saved_tensors
+            BH, N, C, K = q.shape
+            d_o = d_o.transpose(0, 1).contiguous()  # [N, BH, C, V]
+            dq, dk, dW = (q.new_empty(N, BH, C, K) for _ in range(3))
+            dU = torch.empty_like(U)
+            ds = q.new_empty(N, BH, C, C)
+            G = torch.zeros_like(entering[0]) if d_state is None else d_state.contiguous()  # [BH, K, V]
+            for n in range(N - 1, -1, -1):
+                S = entering[n]
+                torch.baddbmm(k[:, n] @ G, scores[:, n].transpose(-1, -2), d_o[n], out=dU[n])
+                torch.bmm(d_o[n], S.transpose(-1, -2), out=dq[n])
+                torch.bmm(d_o[n], U[n].transpose(-1, -2), out=ds[n])
+                torch.bmm(U[n], G.transpose(-1, -2), out=dk[n])
+                torch.bmm(dU[n], S.transpose(-1, -2), out=dW[n]).neg_()
+                G = torch.baddbmm(torch.baddbmm(G, q[:, n].transpose(-1, -2), d_o[n]), W[:, n].transpose(-1, -2), dU[n], alpha=-1)
+            grads = (t.transpose(0, 1) for t in (dq, dk, dW, dU, ds))
+            return (*grads, G)
+
+
 # --------------------------------------------------------------------------- fast form
 def delta_chunk(
     q: torch.Tensor,
@@ -92,8 +161,8 @@ def delta_chunk(
     1. Pad ``T`` to ``N * C`` with ``k = 0, beta = 0`` tokens (no update; their outputs are cut off).
     2. ``A = I + tril(diag(beta) K K^T, -1)`` per chunk; one batched triangular solve gives ``A^{-1}``,
        two matmuls ``W`` and ``U~``.
-    3. Loop over chunks: ``U_n = U~_n - W_n S``; outputs ``O_n = Q_n S + tril(Q_n K_n^T) U_n``;
-       ``S += K_n^T U_n``.
+    3. ``tril(Q_n K_n^T)`` of every chunk in one batched matmul; then a loop over chunks:
+       ``U_n = U~_n - W_n S``; outputs ``O_n = Q_n S + tril(Q_n K_n^T) U_n``; ``S += K_n^T U_n``.
     """
     _check(q, k, v, beta, initial_state)
     B, H, T, V = v.shape
@@ -102,30 +171,25 @@ def delta_chunk(
     N = -(-T // C)
     pad = N * C - T
 
-    # 1.
+    # 1. (heads merged into the batch: the loop below runs batched matmuls)
     if pad:
         q, k, v = (F.pad(t, (0, 0, 0, pad)) for t in (q, k, v))
         beta = F.pad(beta, (0, pad))
-    qc = q.reshape(B, H, N, C, K)  # [B, H, N, C, K]
-    kc = k.reshape(B, H, N, C, K)  # [B, H, N, C, K]
-    vc = v.reshape(B, H, N, C, V)  # [B, H, N, C, V]
-    bc = beta.reshape(B, H, N, C, 1)  # [B, H, N, C, 1]
+    qc = q.reshape(B * H, N, C, K)  # [B*H, N, C, K]
+    kc = k.reshape(B * H, N, C, K)  # [B*H, N, C, K]
+    vc = v.reshape(B * H, N, C, V)  # [B*H, N, C, V]
+    bc = beta.reshape(B * H, N, C, 1)  # [B*H, N, C, 1]
 
     # 2. the UT transform; the diagonal of A is 1 by construction (unitriangular) and never read.
     #    Solving for the C x C inverse and multiplying is far faster on CPUs than solving for the
     #    K + V right-hand sides directly (LAPACK's batched trsm is slow for wide right-hand sides).
-    A = torch.tril(bc * (kc @ kc.transpose(-1, -2)), diagonal=-1)  # [B, H, N, C, C]
+    A = torch.tril(bc * (kc @ kc.transpose(-1, -2)), diagonal=-1)  # [B*H, N, C, C]
     eye = torch.eye(C, dtype=A.dtype, device=A.device).expand_as(A)
-    A_inv = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)  # [B, H, N, C, C]
-    W = A_inv @ (bc * kc)  # [B, H, N, C, K]
-    U_tilde = A_inv @ (bc * vc)  # [B, H, N, C, V]
+    A_inv = torch.linalg.solve_triangular(A, eye, upper=False, unitriangular=True)  # [B*H, N, C, C]
+    W = A_inv @ (bc * kc)  # [B*H, N, C, K]
+    U_tilde = A_inv @ (bc * vc)  # [B*H, N, C, V]
+    scores = (qc @ kc.transpose(-1, -2)).tril()  # [B*H, N, C, C]: all chunks in one batched matmul
 
     # 3. the state-dependent part, chunk by chunk (states are never stacked: see ssd_chunk)
-    state = initial_state
-    outs = []
-    for q_n, k_n, W_n, Ut_n in zip(qc.unbind(2), kc.unbind(2), W.unbind(2), U_tilde.unbind(2)):
-        U_n = Ut_n - W_n @ state  # [B, H, C, V]
-        outs.append(q_n @ state + (q_n @ k_n.transpose(-1, -2)).tril() @ U_n)  # [B, H, C, V]
-        state = state + k_n.transpose(-1, -2) @ U_n  # [B, H, K, V]
-    o = torch.stack(outs, dim=2).reshape(B, H, N * C, V)
-    return o[:, :, :T], state
+    o, state = _AcrossChunks.apply(qc, kc, W, U_tilde, scores, initial_state.reshape(B * H, K, V))
+    return o.reshape(B, H, N * C, V)[:, :, :T], state.view(B, H, K, V)

@@ -28,8 +28,8 @@ Forms (same signature; ``chunk_size``/``sub_chunk_size`` only for the chunkwise 
 - ``gla_chunk``: the chunkwise form (the GLA paper's Section 4.2-4.3, with its secondary chunks).
   Time is cut into chunks of ``C`` tokens; inside a chunk all FLOPs between tokens are matmuls
   (``[C, C]`` scores, then scores times values); across chunks the ``[K, V]`` state follows a diagonal
-  linear recurrence over the ``T / C`` chunks, solved by one log-space scan (``seqmix.ops.scan``; with
-  ``phase``, a loop over chunks that rotates the state).
+  linear recurrence over the ``T / C`` chunks, a loop over chunks that reads, decays and adds to the
+  state (with ``phase``, also rotates it).
 
 Numerical stability. Writing ``b_i`` for the cumulative log-decay, the pairwise decay
 ``exp(b_i - b_j)`` factors as ``exp(b_i) * exp(-b_j)`` (that is what makes it a matmul), but
@@ -68,7 +68,6 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-from seqmix.ops.scan import scan_chunked
 
 __all__ = ["gla_step", "gla_recurrent", "gla_chunk", "signed_decay"]
 
@@ -246,31 +245,38 @@ def _sub_chunk(g: Tensor, sub_chunk_size: int) -> tuple[int, bool]:
     return (sub, True) if C % sub == 0 else (C, True)  # no sub-chunk length divides: one exact block
 
 
-def _carry_scan(updates: Tensor, log_decay: Tensor, parity: Optional[Tensor], s0: Tensor) -> tuple[Tensor, Tensor]:
-    """States entering each chunk of ``S_n = p_n exp(log_decay_n) S_{n-1} + U_n`` (row-wise decays), and the last.
+def _carry_real(
+    o: Tensor, q_in: Tensor, k_out: Tensor, v: Tensor, log_decay: Tensor, parity: Optional[Tensor], s0: Tensor
+) -> tuple[Tensor, Tensor]:
+    """Inter-chunk part for real transitions: ``o + q_in @ S_n`` for the state ``S_n`` entering each chunk.
 
-    ``updates: [B, H, N, K, V]``, ``log_decay``, ``parity: [B, H, N, K]`` (parity +-1 or None), ``s0: [B, H, K, V]``.
-    One chunked log-space scan over the N chunks (``seqmix.ops.scan``: no Python loop, a custom backward):
-    with the cumulative parity ``c_n``, ``c_n S_n`` obeys the same recurrence without signs and inputs
-    ``c_n U_n``, so the scan only sees decays in (0, 1].
+    ``o: [B, H, N, C, V]`` (intra-chunk outputs), ``q_in: [B, H, N, C, K]`` (queries decayed from their
+    chunk's start), ``k_out: [B, H, N, C, K]`` (keys decayed to their chunk's end, parity applied),
+    ``v: [B, H, N, C, V]``, ``log_decay``, ``parity: [B, H, N, K]`` (+-1 or None), ``s0: [B, H, K, V]``.
+    A loop over the N chunks that reads the state, then decays it row-wise and adds the chunk,
+    ``S_n = p_n exp(log_decay_n) S_{n-1} + k_out_n^T v_n``. The states entering the chunks are never
+    stacked: a ``[B, H, N, K, V]`` tensor is the largest of the op for wide heads, and on a CPU
+    allocating and filling it (and its gradient) cost more than the loop's per-chunk matmuls.
     """
-    B, H, N, K, V = updates.shape
-    if parity is not None:
-        c = parity.cumprod(2).unsqueeze(-1)  # [B, H, N, K, 1]: cumulative parity after chunk n
-        updates = updates * c
-    log_a = log_decay.unsqueeze(-1).expand(B, H, N, K, V).transpose(1, 2)  # [B, N, H, K, V]
-    states, last = scan_chunked(log_a, updates.transpose(1, 2), s0, chunk_size=64)  # [B, N, H, K, V]
-    entering = torch.cat((s0.unsqueeze(1), states[:, :-1]), dim=1).transpose(1, 2)  # [B, H, N, K, V]
-    if parity is not None:
-        entering = entering * F.pad(c[:, :, :-1], (0, 0, 0, 0, 1, 0), value=1.0)  # undo c_{n-1}
-        last = last * c[:, :, -1]
-    return entering, last
+    B, H, N, C, K = q_in.shape
+    V = v.shape[-1]
+    decay = log_decay.exp() if parity is None else log_decay.exp() * parity  # [B, H, N, K]
+    state = s0.reshape(B * H, K, V)
+    outs = []
+    # heads merged into the batch for baddbmm; unbind (not indexing in the loop): backward then assembles
+    # each gradient once, not once per chunk
+    chunks = (t.reshape(B * H, N, *t.shape[3:]).unbind(1) for t in (o, q_in, k_out, v, decay.unsqueeze(-1)))
+    for o_n, q_n, k_n, v_n, d_n in zip(*chunks):
+        outs.append(torch.baddbmm(o_n, q_n, state))  # [B*H, C, V]
+        state = torch.baddbmm(state * d_n, k_n.transpose(-1, -2), v_n)  # [B*H, K, V]
+    return torch.stack(outs, dim=1).view(B, H, N, C, V), state.view(B, H, K, V)
 
 
 def _carry_loop(updates: Tensor, log_decay: Tensor, cos: Tensor, sin: Tensor, s0: Tensor) -> tuple[Tensor, Tensor]:
-    """Like ``_carry_scan`` for complex transitions (``[B, H, N, 2K, V]`` states, phases as ``cos``/``sin``
-    ``[B, H, N, K]``): a loop over chunks that decays, adds and rotates; each rotation is by one chunk's
-    phase, so no cumulative phase over the whole sequence (which float32 would round) is ever formed."""
+    """States entering each chunk, and the last, for complex transitions (``updates: [B, H, N, 2K, V]``,
+    phases as ``cos``/``sin`` ``[B, H, N, K]``): a loop over chunks that decays, adds and rotates; each
+    rotation is by one chunk's phase, so no cumulative phase over the whole sequence (which float32 would
+    round) is ever formed."""
     decay = torch.cat((log_decay, log_decay), dim=-1).exp().unsqueeze(-1)  # [B, H, N, 2K, 1]
     state, entering = s0, []
     # unbind (not indexing in the loop): backward then assembles each gradient once, not once per chunk
@@ -307,10 +313,10 @@ def gla_chunk(
          split at the start of m, ``exp(beta_q_i) * exp(r_m - b_j)``; causal mask.
       6. If ``exact``: the diagonal sub-chunk blocks pairwise instead, ``exp(beta_q_i - beta_j)`` per
          key channel for j <= i (j < i with bonus). With bonus: the own-token term on the diagonal.
-      7. Per chunk: its contribution to the state and its total decay; one log-space scan over the N
-         chunks gives the state entering each chunk (with ``phase``: a loop over chunks that also
-         rotates the state by each chunk's phase).
-      8. Each query reads the state entering its chunk, decayed to its position.
+      7. Per chunk: its keys decayed to its end and its total decay.
+      8. A loop over the chunks: each query reads the state entering its chunk (decayed to its
+         position), then the chunk enters the state (with ``phase``: the states are collected first,
+         rotating the state by each chunk's phase, and read afterwards).
     """
     _check(q, k, v, log_alpha, initial_state, sign, phase, bonus)
     B, H, T, K = q.shape
@@ -401,17 +407,16 @@ def gla_chunk(
         attn = attn + torch.diag_embed(u_term.reshape(B, H, N, C))
     o = attn @ v  # [B, H, N, C, V]
 
-    # 7. per-chunk state contribution and decay, then the recurrence over chunks
+    # 7. per-chunk state contribution and decay, then the recurrence over chunks, 8. inter-chunk part
     q_flat = _scale(q_ref, gamma_in.unsqueeze(-2).exp()).reshape(B, H, N, C, Kx)  # decayed from the chunk start
     k_end = to_sub_end + after_sub.unsqueeze(-2)  # [B, H, N, s, c, K]: after token j to the chunk end
-    updates = _scale(k, k_end.exp()).reshape(B, H, N, C, Kx).transpose(-1, -2) @ v  # [B, H, N, Kx, V]
-    if chunk_parity is not None:
-        updates = updates * chunk_parity.unsqueeze(-1)  # tokens before the chunk end pass its later signs
+    k_out = _scale(k, k_end.exp()).reshape(B, H, N, C, Kx)  # [B, H, N, C, Kx]: decayed to the chunk end
     if phase is None:
-        entering, state = _carry_scan(updates, chunk_total, chunk_parity, initial_state)
+        if chunk_parity is not None:  # tokens before the chunk end pass its later signs
+            k_out = k_out * chunk_parity.unsqueeze(-2)
+        o, state = _carry_real(o, q_flat, k_out, v, chunk_total, chunk_parity, initial_state)
     else:
+        updates = k_out.transpose(-1, -2) @ v  # [B, H, N, 2K, V]
         entering, state = _carry_loop(updates, chunk_total, chunk_cos, chunk_sin, initial_state)
-
-    # 8. inter-chunk part
-    o = o + q_flat @ entering  # [B, H, N, C, V]
+        o = o + q_flat @ entering  # [B, H, N, C, V]
     return o.reshape(B, H, N * C, V)[:, :, :T], state
