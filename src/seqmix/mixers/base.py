@@ -85,8 +85,10 @@ class Mixer(nn.Module):
         if piece is None:
             return self._forward(x, state, mode)
         ys = []
-        for s in range(0, x.shape[1], piece):  # the streaming invariant makes this the same function
-            y, state = self._forward(x[:, s : s + piece], state, mode)
+        # the streaming invariant makes this the same function; split (not slicing) so that backward
+        # concatenates the pieces' input gradients once instead of zero-filling a [B, T, D] per piece
+        for x_piece in x.split(piece, dim=1):
+            y, state = self._forward(x_piece, state, mode)
             ys.append(y)
         return torch.cat(ys, dim=1), state
 
