@@ -17,12 +17,12 @@ state's dtype, so a float32 state stays float32 whichever mode or ``step`` produ
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, ClassVar, Optional
 
 import torch
 from torch import nn
 
+from seqmix.ops.precision import full_precision
 from seqmix.state import State, state_tensors
 
 __all__ = ["Mixer", "State", "full_precision", "PIECE_FLOATS"]
@@ -30,18 +30,6 @@ __all__ = ["Mixer", "State", "full_precision", "PIECE_FLOATS"]
 #: the widest activation of one piece of a long sequence on a CPU (4M floats, 16 MB in float32); see
 #: ``Mixer._piece_len``
 PIECE_FLOATS = 1 << 22
-
-
-def full_precision(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast switched off on ``x``'s device: recurrences and their matmuls run in the state's dtype.
-
-    A mixer's projections may run in bfloat16/float16 under autocast; the part that accumulates over
-    time (a running sum, a normaliser that grows with t) must not, or it loses precision or overflows.
-    """
-    try:
-        return torch.autocast(x.device.type, enabled=False)
-    except RuntimeError:  # a device type without autocast support (e.g. meta): nothing to switch off
-        return contextlib.nullcontext()
 
 
 class Mixer(nn.Module):

@@ -32,10 +32,10 @@ Every form returns ``(o: [B, H, T, V], final_state: [B, H, K, V])`` and is diffe
 
 from __future__ import annotations
 
-import contextlib
 import torch
 import torch.nn.functional as F
 
+from seqmix.ops.precision import full_precision
 from seqmix.ops.ssd import positive_chunk_size
 
 __all__ = ["delta_step", "delta_recurrent", "delta_chunk"]
@@ -79,14 +79,6 @@ def delta_recurrent(
     return torch.stack(outs, dim=2), state  # [B, H, T, V]
 
 
-def _no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast switched off on ``t``'s device (a nullcontext where the device has no autocast)."""
-    try:
-        return torch.autocast(t.device.type, enabled=False)
-    except RuntimeError:
-        return contextlib.nullcontext()
-
-
 class _AcrossChunks(torch.autograd.Function):
     """The state-dependent part of ``delta_chunk``, with a hand-written backward.
 
@@ -108,7 +100,7 @@ class _AcrossChunks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, W, U_tilde, scores, state):  # type: ignore[override]
-        with _no_autocast(q):  # matmuls in the inputs' dtype, whatever the caller's autocast
+        with full_precision(q):  # matmuls in the inputs' dtype, whatever the caller's autocast
             BH, N, C, _ = q.shape
             V = U_tilde.shape[-1]
             o = q.new_empty(N, BH, C, V)  # chunk-major: each chunk's block contiguous
@@ -127,7 +119,7 @@ class _AcrossChunks(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_o, d_state):  # type: ignore[override]
         # the engine runs backward under the caller's autocast; forward ran in the inputs' dtype
-        with _no_autocast(d_o):
+        with full_precision(d_o):
             q, k, W, scores, U, *entering = ctx.saved_tensors
             BH, N, C, K = q.shape
             d_o = d_o.transpose(0, 1).contiguous()  # [N, BH, C, V]

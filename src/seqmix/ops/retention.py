@@ -40,13 +40,13 @@ final_state: [B, H, K, V])`` and are differentiable in every tensor argument.
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 
 from seqmix.modules.rotary import rotate_pairs
+from seqmix.ops.precision import full_precision
 
 __all__ = ["retention_step", "retention_recurrent", "retention_parallel", "retention_chunk"]
 
@@ -178,14 +178,6 @@ def retention_parallel(
     return o, state
 
 
-def _no_autocast(t: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast switched off on ``t``'s device (a nullcontext where the device has no autocast)."""
-    try:
-        return torch.autocast(t.device.type, enabled=False)
-    except RuntimeError:
-        return contextlib.nullcontext()
-
-
 class _AcrossChunks(torch.autograd.Function):
     """Retention of chunked, rotated inputs with a hand-written backward.
 
@@ -214,7 +206,7 @@ class _AcrossChunks(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, decay, q_decay, k_decay, chunk_decay, state):  # type: ignore[override]
-        with _no_autocast(q):  # matmuls in the inputs' dtype, whatever the caller's autocast
+        with full_precision(q):  # matmuls in the inputs' dtype, whatever the caller's autocast
             N, BH, C, _ = q.shape
             qd, kd, cd, dm = _per_batch(decay, q_decay, k_decay, chunk_decay, BH)
             o = ((q @ k.transpose(-1, -2)) * dm) @ v  # [N, BH, C, V]: intra-chunk, all chunks at once
@@ -231,7 +223,7 @@ class _AcrossChunks(torch.autograd.Function):
     @torch.autograd.function.once_differentiable
     def backward(ctx, d_o, d_state):  # type: ignore[override]
         # the engine runs backward under the caller's autocast; forward ran in the inputs' dtype
-        with _no_autocast(d_o):
+        with full_precision(d_o):
             q, k, v, decay, q_decay, k_decay, chunk_decay, *entering = ctx.saved_tensors
             N, BH, C, K = q.shape
             H = decay.shape[0]

@@ -37,24 +37,16 @@ for backward the inputs, ``L``, ``W``, ``e * v``, the entering states and the in
 
 from __future__ import annotations
 
-import contextlib
 from typing import Optional
 
 import torch
 import torch.nn.functional as F
 from torch.autograd.function import once_differentiable
 
+from seqmix.ops.precision import full_precision
 from seqmix.ops.ssd import segsum
 
-__all__ = ["ssd_chunk_fused", "no_autocast"]
-
-
-def no_autocast(x: torch.Tensor) -> contextlib.AbstractContextManager:
-    """Autocast off on ``x``'s device (the chunkwise sums accumulate in the inputs' dtype)."""
-    try:
-        return torch.autocast(x.device.type, enabled=False)
-    except RuntimeError:  # a device type without autocast
-        return contextlib.nullcontext()
+__all__ = ["ssd_chunk_fused"]
 
 
 def _decays(la: torch.Tensor, sign: Optional[torch.Tensor]):
@@ -108,7 +100,7 @@ class _SSDChunk(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, do, dS_out):
-        with no_autocast(do):  # backward may be called under autocast: the state's precision holds here too
+        with full_precision(do):  # backward may be called under autocast: the state's precision holds here too
             return _SSDChunk._backward(ctx, do, dS_out)
 
     @staticmethod
@@ -186,7 +178,7 @@ def ssd_chunk_fused(
         log_a = F.pad(log_a, (0, pad))
         sign = None if sign is None else F.pad(sign, (0, pad), value=1.0)
     heads = (B, G, R, N, C)
-    with no_autocast(v):
+    with full_precision(v):
         o, S = _SSDChunk.apply(
             q.reshape(B, G, N, C, K).contiguous(),  # once here, not in every matmul that reads it
             k.reshape(B, G, N, C, K).contiguous(),
