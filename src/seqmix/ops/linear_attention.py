@@ -123,8 +123,9 @@ def linear_attention_chunk(
 ) -> tuple[torch.Tensor, SZ]:
     """Chunkwise form; every chunk is handled at once (batched matmuls), no loop over time or chunks.
 
-    1. Append a ones column to ``v`` and ``z0`` to ``S0`` (see ``_augment``): the normaliser becomes
-       the last output column.
+    1. With ``normalize``: append a ones column to ``v`` and ``z0`` to ``S0`` (see ``_augment``), so the
+       normaliser becomes the last output column. Without it, ``z`` is only carried in the state
+       (``z0`` plus the keys' sum) and the matmuls keep width ``V``.
     2. Pad ``T`` up to ``N * C`` with zero tokens: a zero key adds nothing to the state, and the
        padded queries' outputs are cut off at the end.
     3. Per chunk ``n``: its contribution ``kv_n = k_n^T v_n`` to the state.
@@ -142,9 +143,12 @@ def linear_attention_chunk(
     N = -(-T // C)
     pad = N * C - T
 
-    # 1. fold the normaliser in
-    v, S0 = _augment(v, *initial_state)  # [B, H, T, V+1], [B, H, K, V+1]
-    W = Vd + 1
+    # 1. fold the normaliser in; without normalisation the outputs need no z, and the state's z is just
+    #    z0 plus the sum of the keys, so the matmuls keep their even width V
+    S0, z0 = initial_state
+    if normalize:
+        v, S0 = _augment(v, S0, z0)  # [B, H, T, V+1], [B, H, K, V+1]
+    W = v.shape[-1]
 
     # 2. pad and split into chunks
     if pad:
@@ -162,9 +166,11 @@ def linear_attention_chunk(
 
     # 5. inter-chunk + intra-chunk parts
     A = (qc @ kc.transpose(-1, -2)).tril()  # [B, H, N, C, C], diagonal included
-    out = (qc @ S_in + A @ vc).reshape(B, H, N * C, W)[:, :, :T]  # [B, H, T, V+1]
-    o = _normalise(out[..., :Vd], out[..., Vd], normalize, eps)  # [B, H, T, V]
+    out = (qc @ S_in + A @ vc).reshape(B, H, N * C, W)[:, :, :T]  # [B, H, T, W]
 
     # 6. final state
-    S = S_in[:, :, -1] + kv[:, :, -1]  # [B, H, K, V+1]
+    S = S_in[:, :, -1] + kv[:, :, -1]  # [B, H, K, W]
+    if not normalize:
+        return out, (S, z0 + k.sum(2))
+    o = _normalise(out[..., :Vd], out[..., Vd], normalize, eps)  # [B, H, T, V]
     return o, (S[..., :Vd].contiguous(), S[..., Vd].contiguous())
