@@ -29,6 +29,7 @@ once instead of ``--repeats`` times; the table marks such a figure with (n=1).
     python benchmarks/peers.py --quick --json out.json
     python benchmarks/peers.py --mixers mamba,lstm  # only these seqmix mixers' rows
     python benchmarks/peers.py --filter mambapy     # only rows whose mixer or peer name contains "mambapy"
+    python benchmarks/peers.py --exclude "transformers Mamba,recurrent"   # without the slowest loops
 """
 
 from __future__ import annotations
@@ -496,6 +497,8 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     parser.add_argument("--mixers", default=None, help="comma-separated seqmix mixers: keep only their rows")
     parser.add_argument("--filter", default=None, help="keep rows whose seqmix or peer label contains this")
+    parser.add_argument("--exclude", default=None,
+                        help="comma-separated: drop rows whose seqmix or peer label contains any of these")
     parser.add_argument("--json", default=None, help="also write rows and raw timings to this JSON file")
     parser.add_argument("--verbose", action="store_true", help="log each phase to stderr")
     args = parser.parse_args(argv)
@@ -507,6 +510,9 @@ def main(argv: Optional[list[str]] = None) -> dict[str, Any]:
         rows = [r for r in rows if r.a_label in keep]
     if args.filter:
         rows = [r for r in rows if args.filter in r.a_label or args.filter in r.b_label]
+    if args.exclude:
+        drop = [d.strip() for d in args.exclude.split(",") if d.strip()]
+        rows = [r for r in rows if not any(d in r.a_label or d in r.b_label for d in drop)]
     log = (lambda msg: print(msg, file=sys.stderr, flush=True)) if args.verbose else (lambda msg: None)
     with num_threads(args.threads) as threads:
         print(f"torch {torch.__version__}, {threads} threads; float32; every candidate timed in "
