@@ -20,11 +20,11 @@ from seqmix import options
 from seqmix.errors import UserError
 from seqmix.mixers.registry import REGISTRY, build_mixer, mixer_options
 
-__all__ = ["StackConfig", "BackboneConfig", "RegressorConfig", "ModelConfig", "ClassifierConfig", "MLP_KINDS", "POOLINGS"]
+__all__ = ["PlainData", "StackConfig", "BackboneConfig", "RegressorConfig", "ModelConfig", "ClassifierConfig", "MLP_KINDS", "POOLINGS"]
 
 MLP_KINDS = ("swiglu", "none")
 POOLINGS = ("last", "mean")
-C = TypeVar("C", bound="StackConfig")
+C = TypeVar("C", bound="PlainData")
 
 
 def _field_error(field_name: str, exc: Exception) -> UserError:
@@ -32,7 +32,32 @@ def _field_error(field_name: str, exc: Exception) -> UserError:
 
 
 @dataclass
-class StackConfig:
+class PlainData:
+    """Mixin of the model configs: a plain-data form (``to_dict``/``from_dict``) that checkpoints store.
+
+    A dataclass without fields, so that jsonargparse still reads its subclasses as plain dataclasses.
+    """
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
+        """Build from ``to_dict``'s output; an unknown key is an error that lists the allowed ones."""
+        if not isinstance(data, dict):
+            raise UserError(f"a {cls.__name__} must be a JSON object/dict, got {type(data).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = [k for k in data if k not in names]
+        if unknown:
+            raise UserError(f"unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(names)}")
+        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
+        if missing:
+            raise UserError(f"{cls.__name__} is missing required key(s): {', '.join(missing)}")
+        return cls(**data)
+
+
+@dataclass
+class StackConfig(PlainData):
     """A stack of blocks: the fields every model built from blocks shares (token or vector inputs)."""
 
     d_model: int = 256  # width of the residual stream
@@ -102,23 +127,6 @@ class StackConfig:
         """The mixer name of every layer: ``pattern`` cycled over ``n_layers``."""
         return [self.pattern[i % len(self.pattern)] for i in range(self.n_layers)]
 
-    # ------------------------------------------------------------------ plain-data form
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls: type[C], data: dict[str, Any]) -> C:
-        """Build from ``to_dict``'s output; an unknown key is an error that lists the allowed ones."""
-        if not isinstance(data, dict):
-            raise UserError(f"a {cls.__name__} must be a JSON object/dict, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in data if k not in names]
-        if unknown:
-            raise UserError(f"unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(names)}")
-        missing = [f.name for f in dataclasses.fields(cls) if f.name not in data and _required(f)]
-        if missing:
-            raise UserError(f"{cls.__name__} is missing required key(s): {', '.join(missing)}")
-        return cls(**data)
 
 
 @dataclass

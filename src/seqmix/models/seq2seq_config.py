@@ -17,7 +17,7 @@ import torch
 from seqmix import options
 from seqmix.errors import UserError
 from seqmix.mixers.registry import build_mixer, mixer_options
-from seqmix.models.config import StackConfig
+from seqmix.models.config import PlainData, StackConfig
 
 __all__ = ["Seq2SeqConfig", "EncoderStackConfig", "DecoderStackConfig", "CROSS_ATTENTION_KINDS", "encoder_mixer_options"]
 
@@ -78,7 +78,7 @@ def _stack(cls: type, value: Any) -> StackConfig:
 
 
 @dataclass
-class Seq2SeqConfig:
+class Seq2SeqConfig(PlainData):
     """Configuration of a ``Seq2Seq`` encoder-decoder."""
 
     src_vocab_size: int = 0  # source token ids; 0 = taken from the tokenizer (a model needs a positive size)
@@ -157,17 +157,3 @@ class Seq2SeqConfig:
         return Seq2SeqConfig.from_dict({**self.to_dict(), "src_vocab_size": src_vocab_size,
                                         "tgt_vocab_size": tgt_vocab_size})
 
-    # ------------------------------------------------------------------ plain-data form
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "Seq2SeqConfig":
-        """Build from ``to_dict``'s output; an unknown key is an error that lists the allowed ones."""
-        if not isinstance(data, dict):
-            raise UserError(f"a {cls.__name__} must be a JSON object/dict, got {type(data).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = [k for k in data if k not in names]
-        if unknown:
-            raise UserError(f"unknown {cls.__name__} key(s) {', '.join(map(repr, unknown))}; allowed keys: {', '.join(names)}")
-        return cls(**data)
