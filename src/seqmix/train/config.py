@@ -16,7 +16,7 @@ from typing import Any, ClassVar, Optional
 
 from seqmix import options
 from seqmix.errors import UserError
-from seqmix.models.config import ModelConfig
+from seqmix.models.config import ModelConfig, PlainData
 
 __all__ = ["FromData", "LMModelConfig", "DataConfig", "OptimConfig", "TrainerConfig", "TrainConfig", "TOKENIZERS", "document_fields", "sections_for"]
 
@@ -50,7 +50,7 @@ class FromData:
     """
 
     from_data: ClassVar[tuple[str, ...]] = ()
-    builds: ClassVar[type]
+    builds: ClassVar[type[PlainData]]
     source: ClassVar[str] = "the data"  # where the sizes come from, for messages
 
     def __post_init__(self) -> None:
@@ -72,9 +72,7 @@ class FromData:
             if getattr(self, name) not in (0, value):
                 raise UserError(f"model.{name} is {getattr(self, name)} but {self.source} has {value}; set "
                                 f"model.{name} to 0 (take it from {self.source}) or to {value}")
-        data = {**dataclasses.asdict(self), **values}  # type: ignore[call-overload]
-        build = getattr(self.builds, "from_dict", None)
-        return build(data) if build is not None else self.builds(**data)
+        return self.builds.from_dict({**dataclasses.asdict(self), **values})  # type: ignore[call-overload]
 
 
 @dataclass
