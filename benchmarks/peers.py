@@ -240,24 +240,40 @@ def _rand(*shape: int, fn: Callable[[torch.Tensor], torch.Tensor] = lambda t: t)
     return fn(torch.randn(*shape)).detach().requires_grad_()
 
 
+def _fla_heads(kernel: str, D: int) -> tuple[int, int, int]:
+    """(heads, key width, value width) of fla's layer defaults at hidden size D, for the fla peer and
+    for seqmix's kernel on the same inputs."""
+    name = kernel.split()[0]
+    if name == "hgrn2":  # HGRN2 runs on fla's GLA kernels: K = V = expand_ratio 128 (capped at D)
+        return max(1, D // 128), min(128, D), min(128, D)
+    shapes = {"gla": (4, D // 8, D // 4), "retnet": (8, D // 8, D // 4),  # retention runs on simple_gla
+              "rwkv6": (4, D // 8, D // 4), "deltanet": (4, D // 4, D // 4), "linear_attention": (8, D // 8, D // 8)}
+    return shapes[name]
+
+
+def _retention_log_gamma(H: int) -> torch.Tensor:
+    """RetNet's per-head decays ``log(1 - 2^(-5 - h))``: ``[H]``."""
+    return torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32)))
+
+
 def fla(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
     """One fla naive function at its layer's default heads for hidden size D (see the table labels)."""
     logsig = lambda t: F.logsigmoid(t) / 16  # noqa: E731 - fla's GLA gate_logit_normalizer
-    if kernel in ("gla", "hgrn2"):  # HGRN2 runs on fla's GLA kernels: K = V = expand_ratio 128 (capped at D)
-        H, K, V = (4, D // 8, D // 4) if kernel == "gla" else (max(1, D // 128), min(128, D), min(128, D))
+    if kernel in ("gla", "hgrn2"):
+        H, K, V = _fla_heads(kernel, D)
         fn = _fla_naive("gla/naive").naive_recurrent_gla
         q, k, v, g = _rand(B, T, H, K), _rand(B, T, H, K), _rand(B, T, H, V), _rand(B, T, H, K, fn=logsig)
         return _fwd_bwd(lambda: fn(q, k, v, g), [q, k, v, g])
-    if kernel.startswith("retnet"):  # fla's retention runs on simple_gla: H = 8, K = D/8, V = 2D/8
-        H, K, V = 8, D // 8, D // 4
+    if kernel.startswith("retnet"):  # fla's retention runs on simple_gla
+        H, K, V = _fla_heads(kernel, D)
         mod = _fla_naive("simple_gla/naive")
-        decay = torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32)))  # [H]
+        decay = _retention_log_gamma(H)  # [H]
         q, k, v = _rand(B, T, H, K), _rand(B, T, H, K), _rand(B, T, H, V)
         g = decay.expand(B, T, H).contiguous()
         fn = mod.naive_chunk_simple_gla if kernel.endswith("chunk") else mod.naive_recurrent_simple_gla
         return _fwd_bwd(lambda: fn(q, k, v, g), [q, k, v])
-    if kernel.startswith("rwkv6"):  # [B, H, T, K] layout; H = 4, K = D/8, V = D/4
-        H, K, V = 4, D // 8, D // 4
+    if kernel.startswith("rwkv6"):  # [B, H, T, K] layout
+        H, K, V = _fla_heads(kernel, D)
         q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
         w, u = _rand(B, H, T, K, fn=lambda t: -torch.exp(t - 2)), _rand(H, K)
         if kernel.endswith("chunk"):
@@ -265,16 +281,16 @@ def fla(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
             return _fwd_bwd(lambda: fn(q, k, v, w, u), [q, k, v, w, u])
         fn = _fla_naive("rwkv6/recurrent_naive").naive_recurrent_rwkv6
         return _fwd_bwd(lambda: fn(q, k, v, w, u), [q, k, v, w, u])
-    if kernel.startswith("deltanet"):  # [B, H, T, K] layout; H = 4, K = V = D/4, unit-norm keys
-        H, K = 4, D // 4
+    if kernel.startswith("deltanet"):  # [B, H, T, K] layout, unit-norm keys
+        H, K, _ = _fla_heads(kernel, D)
         mod = _fla_naive("delta_rule/naive")
         q, v = _rand(B, H, T, K), _rand(B, H, T, K)
         k, beta = _rand(B, H, T, K, fn=lambda t: F.normalize(t, dim=-1)), _rand(B, H, T, fn=torch.sigmoid)
         if kernel.endswith("chunk"):
             return _fwd_bwd(lambda: mod.delta_rule_chunkwise(q, k, v, beta), [q, k, v, beta])
         return _fwd_bwd(lambda: mod.delta_rule_recurrence(q, k, v, beta), [q, k, v, beta])
-    if kernel.startswith("linear_attention"):  # [B, T, H, K]; H = 8, K = V = D/8
-        H, K = 8, D // 8
+    if kernel.startswith("linear_attention"):  # [B, T, H, K], K = V
+        H, K, _ = _fla_heads(kernel, D)
         mod = _fla_naive("linear_attn/naive")
         q, k, v = _rand(B, T, H, K), _rand(B, T, H, K), _rand(B, T, H, K)
         fn = mod.naive_chunk_linear_attn if kernel.endswith("chunk") else mod.naive_recurrent_linear_attn
@@ -291,28 +307,26 @@ def seqmix_kernel(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
     from seqmix.ops.linear_attention import linear_attention_chunk
     from seqmix.ops.retention import retention_chunk
 
+    if kernel not in ("gla", "retnet", "deltanet", "linear_attention"):
+        raise Skip(f"no seqmix kernel row for {kernel}")
+    H, K, V = _fla_heads(kernel, D)
     if kernel == "gla":
-        H, K, V = 4, D // 8, D // 4
         q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
         g = _rand(B, H, T, K, fn=lambda t: F.logsigmoid(t) / 16)
         return _fwd_bwd(lambda: gla_chunk(q * K**-0.5, k, v, g, torch.zeros(B, H, K, V)), [q, k, v, g])
     if kernel == "retnet":
-        H, K, V = 8, D // 8, D // 4
-        log_gamma = torch.log(1 - 2.0 ** (-5.0 - torch.arange(H, dtype=torch.float32)))  # [H]
+        log_gamma = _retention_log_gamma(H)  # [H]
         q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
         return _fwd_bwd(lambda: retention_chunk(q * K**-0.5, k, v, log_gamma, None, torch.zeros(B, H, K, V), 64),
                         [q, k, v])
     if kernel == "deltanet":
-        H, K = 4, D // 4
         q, v = _rand(B, H, T, K), _rand(B, H, T, K)
         k, beta = _rand(B, H, T, K, fn=lambda t: F.normalize(t, dim=-1)), _rand(B, H, T, fn=torch.sigmoid)
         return _fwd_bwd(lambda: delta_chunk(q, k, v, beta, torch.zeros(B, H, K, K)), [q, k, v, beta])
-    if kernel == "linear_attention":
-        H, K = 8, D // 8
-        q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, K)
-        state = (torch.zeros(B, H, K, K), torch.zeros(B, H, K))
-        return _fwd_bwd(lambda: linear_attention_chunk(q * K**-0.5, k, v, state, normalize=False), [q, k, v])
-    raise Skip(f"no seqmix kernel row for {kernel}")
+    # linear_attention
+    q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
+    state = (torch.zeros(B, H, K, V), torch.zeros(B, H, K))
+    return _fwd_bwd(lambda: linear_attention_chunk(q * K**-0.5, k, v, state, normalize=False), [q, k, v])
 
 
 # --------------------------------------------------------------------------- comparisons
