@@ -17,8 +17,14 @@ Peers (each at d_model, with its package's own layer defaults where it has a lay
 - flash-linear-attention's naive reference functions (kernel only, with fla's layer-default head shapes;
   the package ``__init__`` needs triton, so each ``naive.py`` is loaded from its file).
 The fla and SDPA peers get random q/k/v/gates, so they do less work than a seqmix mixer, which also
-runs its projections: those ratios are conservative. The "kernel only" rows run seqmix's chunkwise op on
-the very inputs fla's naive function gets, which compares the two kernels like for like.
+runs its projections: those ratios are conservative. The "kernel only" rows compare kernels like for
+like: seqmix's chunkwise op on the very inputs fla's naive function gets, and every seqmix chunkwise op
+at the xlstm layer's head shapes (4 heads, q/k D/8, v D/4) against that layer's kernel alone
+(``chunkwise--native_custbw``), since the layer does several times less state work than seqmix's mixers
+at their paper defaults. (mlstm_kernels 2.0.6's custbw backward is exact only for strongly negative input
+gates, as at the layer's init; the timing does not depend on it.) fla 0.6's ``naive_chunk_rwkv6`` writes
+in place into a tensor autograd saved; it runs under ``allow_mutation_on_saved_tensors``, which charges
+it one copy of that tensor.
 
 Ratios: "speed-up" = peer time / seqmix time (> 1: seqmix is faster); "growth" = time at the larger
 size / time at the smaller; "memory" = peer peak bytes / seqmix peak bytes (``seqmix.bench.memory``).
@@ -35,13 +41,14 @@ once instead of ``--repeats`` times; the table marks such a figure with (n=1).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import importlib.util
 import json
 import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, ContextManager, Optional
 
 import torch
 import torch.nn.functional as F
@@ -66,12 +73,15 @@ def _first(out: Any) -> torch.Tensor:
     return out[0] if isinstance(out, (tuple, list)) else out
 
 
-def _fwd_bwd(forward: Callable[[], Any], leaves: list[torch.Tensor]) -> Callable[[], None]:
+def _fwd_bwd(forward: Callable[[], Any], leaves: list[torch.Tensor],
+             context: Callable[[], ContextManager] = contextlib.nullcontext) -> Callable[[], None]:
     """Forward, then backward of a dense random gradient; gradients reset before every call.
 
-    ``forward`` may return a tensor or a tuple whose first entry is the output.
+    ``forward`` may return a tensor or a tuple whose first entry is the output; ``context`` wraps each
+    forward and backward.
     """
-    grad = torch.randn_like(_first(forward()).detach())
+    with context():
+        grad = torch.randn_like(_first(forward()).detach())
 
     def clear() -> None:
         for t in leaves:
@@ -79,7 +89,8 @@ def _fwd_bwd(forward: Callable[[], Any], leaves: list[torch.Tensor]) -> Callable
 
     def run() -> None:
         clear()
-        _first(forward()).backward(grad)
+        with context():
+            _first(forward()).backward(grad)
 
     run.clear = clear  # type: ignore[attr-defined]  # a memory measurement starts from no gradients
     return run
@@ -277,8 +288,11 @@ def fla(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
         q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
         w, u = _rand(B, H, T, K, fn=lambda t: -torch.exp(t - 2)), _rand(H, K)
         if kernel.endswith("chunk"):
+            # fla 0.6's naive chunk writes in place into a tensor autograd saved; letting autograd keep
+            # a copy on such writes makes it run (at the cost of that copy, charged to the peer)
             fn = _fla_naive("rwkv6/chunk_naive").naive_chunk_rwkv6
-            return _fwd_bwd(lambda: fn(q, k, v, w, u), [q, k, v, w, u])
+            return _fwd_bwd(lambda: fn(q, k, v, w, u), [q, k, v, w, u],
+                            torch.autograd.graph.allow_mutation_on_saved_tensors)
         fn = _fla_naive("rwkv6/recurrent_naive").naive_recurrent_rwkv6
         return _fwd_bwd(lambda: fn(q, k, v, w, u), [q, k, v, w, u])
     if kernel.startswith("deltanet"):  # [B, H, T, K] layout, unit-norm keys
@@ -298,35 +312,65 @@ def fla(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
     raise Skip(f"fla has no naive reference for {kernel}")
 
 
-def seqmix_kernel(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
-    """seqmix's chunkwise op on the inputs ``fla(kernel, ...)`` draws (same heads and widths, [B, H, T, K]
-    layout, zero initial state): the like-for-like half of the fla rows, since fla's naive functions run
-    no projections, feature maps or norms."""
+def _xlstm_heads(D: int) -> tuple[int, int, int]:
+    """(heads, key width, value width) of the xlstm peer's ``mLSTMLayer`` at hidden size D: 4 heads,
+    ``qk_dim_factor`` 0.5, ``v_dim_factor`` 1."""
+    return 4, D // 8, D // 4
+
+
+def xlstm_kernel(B: int, T: int, D: int) -> Callable[[], None]:
+    """mlstm_kernels' ``chunkwise--native_custbw`` alone on random inputs at the xlstm layer's shapes."""
+    kernel = _require("mlstm_kernels.torch").get_mlstm_kernel("chunkwise--native_custbw")
+    H, K, V = _xlstm_heads(D)
+    q, k, v, i, f = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V), _rand(B, H, T), _rand(B, H, T)
+    return _fwd_bwd(lambda: kernel(q, k, v, i, f, chunk_size=64), [q, k, v, i, f])
+
+
+KERNEL_OPS = {"gla": "gla_chunk", "hgrn2": "gla_chunk", "rwkv6": "gla_chunk with bonus",
+              "retnet": "retention_chunk", "deltanet": "delta_chunk", "mamba2": "ssd_chunk",
+              "linear_attention": "linear_attention_chunk", "mlstm": "mlstm_chunk"}
+
+
+def seqmix_kernel(name: str, B: int, T: int, heads: tuple[int, int, int]) -> Callable[[], None]:
+    """The chunkwise op behind mixer ``name`` (``KERNEL_OPS``) alone, on random inputs of ``heads`` =
+    (H, K, V) in the [B, H, T, K] layout with a zero initial state: the like-for-like half of the
+    "kernel only" rows, since the peers' kernels run no projections, feature maps or norms. The inputs
+    are drawn as for the peer (``fla`` for gla, retnet, deltanet, linear_attention; the mLSTM's gates
+    for mlstm)."""
     from seqmix.ops.delta import delta_chunk
     from seqmix.ops.gla import gla_chunk
     from seqmix.ops.linear_attention import linear_attention_chunk
+    from seqmix.ops.mlstm import MLSTMCellState, mlstm_chunk
     from seqmix.ops.retention import retention_chunk
+    from seqmix.ops.ssd import ssd_chunk
 
-    if kernel not in ("gla", "retnet", "deltanet", "linear_attention"):
-        raise Skip(f"no seqmix kernel row for {kernel}")
-    H, K, V = _fla_heads(kernel, D)
-    if kernel == "gla":
-        q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
-        g = _rand(B, H, T, K, fn=lambda t: F.logsigmoid(t) / 16)
-        return _fwd_bwd(lambda: gla_chunk(q * K**-0.5, k, v, g, torch.zeros(B, H, K, V)), [q, k, v, g])
-    if kernel == "retnet":
-        log_gamma = _retention_log_gamma(H)  # [H]
-        q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
-        return _fwd_bwd(lambda: retention_chunk(q * K**-0.5, k, v, log_gamma, None, torch.zeros(B, H, K, V), 64),
-                        [q, k, v])
-    if kernel == "deltanet":
-        q, v = _rand(B, H, T, K), _rand(B, H, T, K)
-        k, beta = _rand(B, H, T, K, fn=lambda t: F.normalize(t, dim=-1)), _rand(B, H, T, fn=torch.sigmoid)
-        return _fwd_bwd(lambda: delta_chunk(q, k, v, beta, torch.zeros(B, H, K, K)), [q, k, v, beta])
-    # linear_attention
+    if name not in KERNEL_OPS:
+        raise Skip(f"no seqmix kernel row for {name}")
+    H, K, V = heads
     q, k, v = _rand(B, H, T, K), _rand(B, H, T, K), _rand(B, H, T, V)
-    state = (torch.zeros(B, H, K, V), torch.zeros(B, H, K))
-    return _fwd_bwd(lambda: linear_attention_chunk(q * K**-0.5, k, v, state, normalize=False), [q, k, v])
+    S0 = torch.zeros(B, H, K, V)
+    if name in ("gla", "hgrn2", "rwkv6"):
+        g = _rand(B, H, T, K, fn=lambda t: F.logsigmoid(t) / 16)
+        if name == "rwkv6":
+            u = _rand(H, K)
+            return _fwd_bwd(lambda: gla_chunk(q * K**-0.5, k, v, g, S0, bonus=u), [q, k, v, g, u])
+        return _fwd_bwd(lambda: gla_chunk(q * K**-0.5, k, v, g, S0), [q, k, v, g])
+    if name == "retnet":
+        log_gamma = _retention_log_gamma(H)  # [H]
+        return _fwd_bwd(lambda: retention_chunk(q * K**-0.5, k, v, log_gamma, None, S0, 64), [q, k, v])
+    if name == "deltanet":
+        k = _rand(B, H, T, K, fn=lambda t: F.normalize(t, dim=-1))
+        beta = _rand(B, H, T, fn=torch.sigmoid)
+        return _fwd_bwd(lambda: delta_chunk(q, k, v, beta, S0), [q, k, v, beta])
+    if name == "linear_attention":
+        state = (S0, torch.zeros(B, H, K))
+        return _fwd_bwd(lambda: linear_attention_chunk(q * K**-0.5, k, v, state, normalize=False), [q, k, v])
+    log_f = _rand(B, H, T)  # forget-gate pre-activations, as the xlstm peer draws them
+    if name == "mamba2":
+        return _fwd_bwd(lambda: ssd_chunk(q, k, v, F.logsigmoid(log_f), S0, 64), [q, k, v, log_f])
+    i = _rand(B, H, T)  # mlstm: exponential input gate, sigmoid forget gate, as mlstm_kernels
+    cell = MLSTMCellState(S0, torch.zeros(B, H, K), torch.zeros(B, H))
+    return _fwd_bwd(lambda: mlstm_chunk(q * K**-0.5, k, v, i, F.logsigmoid(log_f), cell, 64), [q, k, v, i, log_f])
 
 
 # --------------------------------------------------------------------------- comparisons
@@ -374,6 +418,7 @@ def build_rows(s: dict[str, Any]) -> tuple[list[Row], dict[str, tuple[str, Calla
     rows.append(Row(speed, "attention", "torch SDPA layer", mine("attention"), k_sdpa, "speed-up"))
     xl = {b: cand(f"xlstm mLSTM {b} T={T}", lambda b=b: xlstm_mlstm(b, B, T, D))
           for b in ("native_custbw", "native_autograd")}
+    k_xlk = cand(f"mlstm_kernels custbw T={T}", lambda: xlstm_kernel(B, T, D))
     fla_refs = {"gla": ["gla"], "hgrn2": ["hgrn2"], "retnet": ["retnet chunk", "retnet recurrent"],
                 "rwkv6": ["rwkv6 chunk", "rwkv6 recurrent"], "deltanet": ["deltanet chunk", "deltanet recurrent"],
                 "linear_attention": ["linear_attention chunk", "linear_attention recurrent"]}
@@ -388,8 +433,16 @@ def build_rows(s: dict[str, Any]) -> tuple[list[Row], dict[str, tuple[str, Calla
         if name in ("gla", "retnet", "deltanet", "linear_attention"):
             ref = fla_refs[name][0]
             rows.append(Row(f"kernel only, fla's inputs, B={B} d={D} T={T}", f"{name} op", f"fla naive {ref}",
-                            cand(f"seqmix op {name} T={T}", lambda name=name: seqmix_kernel(name, B, T, D)),
+                            cand(f"seqmix op {name} T={T}",
+                                 lambda name=name: seqmix_kernel(name, B, T, _fla_heads(name, D))),
                             cand(f"fla {ref} T={T}", lambda ref=ref: fla(ref, B, T, D)), "speed-up", 2.0, ">= 2x"))
+        if name != "hgrn2":  # hgrn2 runs gla's op: that row is gla's
+            H, K, V = _xlstm_heads(D)
+            rows.append(Row(f"kernel only, xlstm's shapes (H={H} K={K} V={V}), B={B} T={T}", f"{name} op",
+                            "mlstm_kernels chunkwise--native_custbw",
+                            cand(f"seqmix op {name} xlstm shapes T={T}",
+                                 lambda name=name: seqmix_kernel(name, B, T, _xlstm_heads(D))),
+                            k_xlk, "speed-up", 1 / 1.5, ">= 0.67x (within 1.5x)"))
         rows.append(Row(f"growth T={T} -> {TL}", name, f"itself at T={T}", mine(name, TL), mine(name), "growth",
                         TL / T * 1.25, f"<= {TL / T * 1.25:g} (linear: {TL / T:g})"))
     rows.append(Row(speed, "lstm", "torch.nn.LSTM", mine("lstm"), cand(f"nn.LSTM T={T}",

@@ -48,3 +48,21 @@ def test_peers_quick_run_skips_missing_peers_cleanly(tmp_path, monkeypatch, caps
         assert r["ratio"] == pytest.approx(r["b_value"] / r["a_value"])
     printed = capsys.readouterr().out
     assert "torch.nn.LSTM" in printed and "skip: mambapy" in printed
+
+
+def test_peers_kernel_rows_time_every_seqmix_op(monkeypatch):
+    """The "kernel only" rows: each chunkwise op runs on the peer's shapes whether or not the peer
+    (fla, mlstm_kernels) is installed; a missing peer makes its rows skips, never errors."""
+    monkeypatch.setitem(sys.modules, "mlstm_kernels.torch", None)  # as if not installed
+    peers = runpy.run_path(str(BENCHMARKS / "peers.py"), run_name="seqmix_peers_test")
+    result = peers["main"](["--quick", "--repeats", "1", "--threads", "1", "--filter", " op"])
+    rows = result["rows"]
+    ops = {r["a_label"] for r in rows if "xlstm's shapes" in r["section"]}
+    assert ops == {f"{name} op" for name in peers["KERNEL_OPS"] if name != "hgrn2"}
+    assert {r["a_label"] for r in rows if "fla's inputs" in r["section"]} == {
+        "gla op", "retnet op", "deltanet op", "linear_attention op"}
+    for r in rows:
+        assert r["status"] in ("met", "NOT met") or r["status"].startswith("skip: "), r
+        assert r["a"] in result["timings"] and result["timings"][r["a"]]["median_s"] > 0, r
+        if "xlstm's shapes" in r["section"]:
+            assert r["status"].startswith("skip: mlstm_kernels is not installed"), r

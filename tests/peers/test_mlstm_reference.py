@@ -124,3 +124,28 @@ def test_mixer_equals_xlstm_layer_forward():
         y_ref = ref(x)
     # the package's parallel form stabilises without m_0 = 0: equal up to the normaliser's eps = 1e-6
     assert_close("mlstm vs xlstm mLSTMLayer.forward", y, y_ref, 1e-5)
+
+
+@pytest.mark.parametrize("i_shift", [-10.0, 0.0, 3.0])
+def test_cell_chunk_equals_mlstm_kernels_chunkwise(i_shift):
+    """Our chunkwise cell against ``mlstm_kernels``' native chunkwise kernel (xlstm_large's CPU
+    backend, the peer of the speed benchmark's kernel rows), outputs and gradients. Its
+    ``native_autograd`` variant is the exact reference here: the hand-written ``native_custbw``
+    backward of mlstm_kernels 2.0.6 matches it only while the input gates stay strongly negative (as
+    at xlstm_large's init, bias -10); with gates near 0 its dq, dk, di, df are off by about 100%."""
+    kernels = pytest.importorskip("mlstm_kernels.torch")
+    B, H, T, K, V = 2, 3, 96, 8, 12  # the package's kernel needs T to be a multiple of its chunk
+    g = torch.Generator().manual_seed(int(i_shift) + 20)
+    q, k, v = (torch.randn(B, H, T, d, generator=g).requires_grad_() for d in (K, K, V))
+    i_pre = (i_shift + torch.randn(B, H, T, generator=g)).requires_grad_()
+    f_pre = (2.0 + 2 * torch.randn(B, H, T, generator=g)).requires_grad_()
+    leaves = (q, k, v, i_pre, f_pre)
+    h_ref = kernels.get_mlstm_kernel("chunkwise--native_autograd")(q, k, v, i_pre, f_pre, chunk_size=16)
+    fresh = MLSTMCellState(torch.zeros(B, H, K, V), torch.zeros(B, H, K), torch.zeros(B, H))
+    h, _ = mlstm_chunk(q / math.sqrt(K), k, v, i_pre, F.logsigmoid(f_pre), fresh, chunk_size=16)
+    assert_close("mLSTM chunk vs mlstm_kernels chunkwise--native_autograd", h, h_ref, 1e-5)
+    grad_out = torch.randn(h.shape, generator=g)
+    ours = torch.autograd.grad(h, leaves, grad_out)
+    theirs = torch.autograd.grad(h_ref, leaves, grad_out)
+    for name, a, b in zip(("q", "k", "v", "i", "f"), ours, theirs):
+        assert_close(f"d{name}: mLSTM chunk vs mlstm_kernels native_autograd", a, b, 1e-4)
