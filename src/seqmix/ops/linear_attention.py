@@ -22,16 +22,21 @@ layout; it then does not influence the output.
 - ``linear_attention_parallel``: the masked ``T x T`` form plus the initial state's contribution.
 - ``linear_attention_chunk``: masked ``C x C`` blocks inside chunks; the state entering each chunk is
   an exclusive cumulative sum of per-chunk ``k^T v`` (there is no decay, so the cross-chunk recurrence
-  is a plain prefix sum and needs no loop at all).
+  is a plain prefix sum and needs no loop at all). Its core is one autograd function with a
+  hand-written backward (``seqmix.ops.linear_attention_fast``); ``_linear_attention_chunk_autograd`` is
+  the same form by plain autograd, kept as a reference.
 
-The two fast forms carry the normaliser as an extra value column (``v' = [v, 1]``, ``S' = [S, z]``),
-so numerator and denominator come out of the same matmuls.
+The parallel form and the chunkwise reference carry the normaliser as an extra value column
+(``v' = [v, 1]``, ``S' = [S, z]``), so numerator and denominator come out of the same matmuls; the fused
+chunkwise op computes it beside the values (an odd ``V + 1`` width slows every matmul down).
 """
 
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+
+from seqmix.ops.linear_attention_fast import linear_attention_chunk_fused
 
 __all__ = [
     "elu_feature_map",
@@ -121,7 +126,58 @@ def linear_attention_chunk(
     normalize: bool = True,
     eps: float = 1e-6,
 ) -> tuple[torch.Tensor, SZ]:
-    """Chunkwise form; every chunk is handled at once (batched matmuls), no loop over time or chunks.
+    """Chunkwise form with a hand-written backward (``seqmix.ops.linear_attention_fast``): no loop over
+    time, and over chunks only in blocks of the ``C x C`` work.
+
+    1. Pad ``T`` up to ``N * C`` with zero tokens: a zero key adds nothing to the state, and the
+       padded queries' outputs are cut off at the end.
+    2. The fused op, per chunk ``n``: the entering state, an exclusive prefix sum of ``k_n^T v_n`` from
+       ``S0`` (and of the key sums from ``z0``); the numerator ``q_n S_in[n] + tril(q_n k_n^T) v_n``;
+       with ``normalize`` the denominator ``q_n z_in[n] + tril(q_n k_n^T) 1``; the final state.
+    3. Divide by the normaliser.
+    """
+    if not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    B, H, T, K = q.shape
+    Vd = v.shape[-1]
+    C = min(chunk_size, T)  # a chunk longer than the sequence would only add padding
+    N = -(-T // C)
+    pad = N * C - T
+
+    # 1. pad and split into chunks
+    if pad:
+        q, k, v = (F.pad(x, (0, 0, 0, pad)) for x in (q, k, v))
+    qc = q.reshape(B, H, N, C, K)  # [B, H, N, C, K]
+    kc = k.reshape(B, H, N, C, K)  # [B, H, N, C, K]
+    vc = v.reshape(B, H, N, C, Vd)  # [B, H, N, C, V]
+
+    # 2. numerator, denominator and the final state in one op
+    S0, z0 = initial_state
+    num, den, S, z = linear_attention_chunk_fused(qc, kc, vc, S0, z0, normalize)
+    # (the padded tail is cut off only if there is one: even a full slice would cost a zero-filled copy
+    # of the gradient in backward)
+    num = num.view(B, H, N * C, Vd)[:, :, :T] if pad else num.view(B, H, T, Vd)  # [B, H, T, V]
+    if not normalize:
+        return num, (S, z)
+
+    # 3. normalise
+    assert den is not None  # computed with normalize
+    den = den.view(B, H, N * C)[:, :, :T] if pad else den.view(B, H, T)  # [B, H, T]
+    return _normalise(num, den, normalize, eps), (S, z)
+
+
+def _linear_attention_chunk_autograd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    initial_state: SZ,
+    chunk_size: int = 64,
+    normalize: bool = True,
+    eps: float = 1e-6,
+) -> tuple[torch.Tensor, SZ]:
+    """Chunkwise form by plain autograd: the reference ``linear_attention_chunk``'s hand-written backward
+    (``seqmix.ops.linear_attention_fast``) is tested against. Every chunk is handled at once (batched
+    matmuls), no loop over time or chunks.
 
     1. With ``normalize``: append a ones column to ``v`` and ``z0`` to ``S0`` (see ``_augment``), so the
        normaliser becomes the last output column. Without it, ``z`` is only carried in the state
