@@ -7,6 +7,7 @@ import torch
 
 from seqmix.mixers.linear_attention import LinearAttention
 from seqmix.ops.linear_attention import (
+    _linear_attention_chunk_autograd,
     elu_feature_map,
     linear_attention_chunk,
     linear_attention_parallel,
@@ -115,6 +116,13 @@ def test_chunk_rejects_bad_chunk_size():
     inp = {n: t.detach() for n, t in _inputs(T=3).items()}
     with pytest.raises(ValueError, match="chunk_size"):
         linear_attention_chunk(inp["q"], inp["k"], inp["v"], (inp["S0"], inp["z0"]), chunk_size=0)
+
+
+@pytest.mark.parametrize("chunk", [linear_attention_chunk, _linear_attention_chunk_autograd])
+def test_chunk_rejects_an_empty_sequence(chunk):
+    inp = {n: t.detach()[:, :, :0] if n in "qkv" else t.detach() for n, t in _inputs(T=3).items()}
+    with pytest.raises(ValueError, match="at least one time step, got T = 0"):
+        chunk(inp["q"], inp["k"], inp["v"], (inp["S0"], inp["z0"]))
 
 
 # ---------------------------------------------------------------- mixer-level checks

@@ -117,6 +117,17 @@ def linear_attention_parallel(
     return o, (S_aug[..., :Vd].contiguous(), S_aug[..., Vd].contiguous())
 
 
+def _chunking(T: int, chunk_size: int) -> tuple[int, int, int]:
+    """Chunk length ``C``, number of chunks ``N`` and padding ``N C - T`` of the chunkwise forms."""
+    if not isinstance(chunk_size, int) or isinstance(chunk_size, bool) or chunk_size <= 0:
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if T < 1:
+        raise ValueError(f"the sequence must hold at least one time step, got T = {T}")
+    C = min(chunk_size, T)  # a chunk longer than the sequence would only add padding
+    N = -(-T // C)
+    return C, N, N * C - T
+
+
 def linear_attention_chunk(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -136,13 +147,9 @@ def linear_attention_chunk(
        with ``normalize`` the denominator ``q_n z_in[n] + tril(q_n k_n^T) 1``; the final state.
     3. Divide by the normaliser.
     """
-    if not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     B, H, T, K = q.shape
     Vd = v.shape[-1]
-    C = min(chunk_size, T)  # a chunk longer than the sequence would only add padding
-    N = -(-T // C)
-    pad = N * C - T
+    C, N, pad = _chunking(T, chunk_size)
 
     # 1. pad and split into chunks
     if pad:
@@ -191,13 +198,9 @@ def _linear_attention_chunk_autograd(
        the normaliser column.
     6. Final state: the state entering the last chunk plus that chunk's contribution.
     """
-    if not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
     B, H, T, K = q.shape
     Vd = v.shape[-1]
-    C = min(chunk_size, T)  # a chunk longer than the sequence would only add padding
-    N = -(-T // C)
-    pad = N * C - T
+    C, N, pad = _chunking(T, chunk_size)
 
     # 1. fold the normaliser in; without normalisation the outputs need no z, and the state's z is just
     #    z0 plus the sum of the keys, so the matmuls keep their even width V
