@@ -219,7 +219,7 @@ def xlstm_mlstm(backend: str, B: int, T: int, D: int) -> Callable[[], None]:
     model = _require("xlstm.xlstm_large.model")
     backends = _require("mlstm_kernels.torch.backend_module")
     cfg = model.mLSTMLayerConfig(
-        embedding_dim=D, num_heads=4,
+        embedding_dim=D, num_heads=_xlstm_heads(D)[0],
         mlstm_backend=backends.mLSTMBackendConfig(chunkwise_kernel=f"chunkwise--{backend}", mode="train",
                                                   autocast_kernel_dtype="float32", chunk_size=64))
     layer, x = model.mLSTMLayer(cfg), _x(B, T, D)
@@ -313,8 +313,8 @@ def fla(kernel: str, B: int, T: int, D: int) -> Callable[[], None]:
 
 
 def _xlstm_heads(D: int) -> tuple[int, int, int]:
-    """(heads, key width, value width) of the xlstm peer's ``mLSTMLayer`` at hidden size D: 4 heads,
-    ``qk_dim_factor`` 0.5, ``v_dim_factor`` 1."""
+    """(heads, key width, value width) of the xlstm peer's ``mLSTMLayer`` at hidden size D: the 4 heads
+    ``xlstm_mlstm`` builds it with, and the layer's defaults ``qk_dim_factor`` 0.5, ``v_dim_factor`` 1."""
     return 4, D // 8, D // 4
 
 
